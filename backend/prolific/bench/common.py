@@ -1,0 +1,188 @@
+"""What every bench subcommand shares: arguments, the model to load, the environment block, the JSON output."""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import BadRequest
+from ..prior.speed import SpeedOptions, log
+
+PROMPT = "a DSLR photo of a delicious hamburger"
+BUILT_SHAPES = ("sd21", "tiny")
+
+
+def add_common_args(parser: argparse.ArgumentParser, resolutions: str) -> None:
+    parser.add_argument("--model", default="sd21",
+                        help="sd21 (default: build SD-2.1-base-shaped random weights), tiny (toy width, for CPU "
+                             "runs), or a diffusers folder / Hugging Face id")
+    parser.add_argument("--model-cache", default=None,
+                        help="folder for the built random-weight models (default: $TMPDIR/prolific-bench)")
+    parser.add_argument("--preset", default=None, help="config preset (default: standard on GPU, test on CPU)")
+    parser.add_argument("--resolutions", default=resolutions, help="comma-separated render resolutions")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per resolution")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--particles", type=int, default=1)
+    parser.add_argument("--guidance", choices=("vsd", "sds"), default=None, help="default: the preset's")
+    parser.add_argument("--opt", action="append", default=None,
+                        help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, compile, "
+                             "compile-max, cudagraphs, batch, fused-adam, occupancy, tcnn; best; none). "
+                             "Repeat --opt to measure several variants in one process. Default: best on "
+                             "CUDA, sdpa,batch,occupancy on CPU")
+    parser.add_argument("--reference", action="store_true",
+                        help="run the reference implementations' way only (fp16 eager, separate LoRA UNet copy, "
+                             "PyTorch hash grid, no occupancy skipping)")
+    parser.add_argument("--compare", action="store_true",
+                        help="run the reference first, then each --opt variant, and print the speed-ups")
+    parser.add_argument("--reference-occupancy", action="store_true",
+                        help="let the reference skip empty space too (when evaluating every sample does not fit)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="S",
+                        help="start no further variant after S seconds (the JSON says which were skipped)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadRequest("--device cuda was asked for but no CUDA GPU is visible.")
+    return device
+
+
+def parse_resolutions(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadRequest(f"--resolutions must be comma-separated whole numbers, got '{text}'.") from None
+    if not values or any(not 8 <= v <= 2048 for v in values):
+        raise BadRequest("--resolutions must lie in 8..2048.")
+    return values
+
+
+def variants(args, device: torch.device) -> list[tuple[str, SpeedOptions, bool]]:
+    """(name, options, reference?) in the order they run."""
+    from ..prior.speed import reference_options
+
+    default = "best" if device.type == "cuda" else "sdpa,batch,occupancy"
+    chosen = [(text, SpeedOptions.parse(text), False) for text in (args.opt or [default])]
+    ref_options = reference_options()
+    ref_options.occupancy = args.reference_occupancy
+    ref = [("reference", ref_options, True)]
+    if args.reference and not args.compare:
+        return ref
+    return ref + chosen if args.compare else chosen
+
+
+def prepare_model(args, device: torch.device) -> str:
+    """The model folder or id to load: built random weights for sd21/tiny, else what was given."""
+    if args.model not in BUILT_SHAPES:
+        return args.model
+    from ..prior.sd_shapes import build_sd_shaped_model
+
+    cache = Path(args.model_cache or os.path.join(tempfile.gettempdir(), "prolific-bench"))
+    # fp16 on disk halves the write and read; every variant casts to its own dtype when loading.
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    log(f"bench: preparing {args.model}-shaped random-weight model in {cache / args.model}")
+    return str(build_sd_shaped_model(cache / args.model, args.model, device=device, dtype=dtype, seed=args.seed))
+
+
+def environment(device: torch.device) -> dict:
+    import diffusers
+    import peft
+
+    info = {"device": str(device), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    else:
+        info["device_name"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def memory_block(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return {"peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3),
+            "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / 2**30, 3)}
+
+
+def add_speedups(result: dict) -> None:
+    """ms(reference) / ms(variant) per resolution, when a reference variant ran."""
+    runs = result["variants"]
+    ref = next((v for v in runs if v.get("reference")), None)
+    if ref is None:
+        return
+    speedups = {}
+    for v in runs:
+        if v is ref:
+            continue
+        for res, r in v.get("resolutions", {}).items():
+            base = ref.get("resolutions", {}).get(res, {}).get("ms_per_step")
+            if base and r.get("ms_per_step"):
+                speedups.setdefault(v["name"], {})[res] = round(base / r["ms_per_step"], 2)
+    result["speedup_vs_reference"] = speedups
+
+
+def run_variants(result: dict, runs, args, device: torch.device, measure) -> None:
+    """measure(name, options, reference) -> dict for each variant, in order. A variant that fails is reported
+    and the next one runs; with --json the file is rewritten after every variant, so a run cut short by a
+    time-out still leaves what it measured."""
+    started = time.monotonic()
+    for name, options, reference in runs:
+        entry = {"name": name, "reference": reference, "options": options.to_dict()}
+        if args.time_limit is not None and time.monotonic() - started > args.time_limit:
+            entry["skipped"] = f"time limit of {args.time_limit:g}s reached"
+            log(f"bench: skipping {name}: {entry['skipped']}")
+        else:
+            try:
+                entry = measure(name, options, reference)
+            except Exception as err:  # noqa: BLE001 - report it and measure the next variant
+                log(f"bench [{name}]: failed: {error_text(err)}")
+                entry["error"] = error_text(err)
+                free_memory(device)
+        result["variants"].append(entry)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({**result, "complete": False}, indent=2, default=str) + "\n")
+    add_speedups(result)
+    result["complete"] = True
+    result["wall_s"] = round(time.monotonic() - started, 1)
+
+
+def emit(result: dict, path: Path | None) -> None:
+    text = json.dumps(result, indent=2, default=str)
+    print(text, flush=True)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    for name, ratios in result.get("speedup_vs_reference", {}).items():
+        log("bench: speed-up of " + name + " over reference: " +
+            ", ".join(f"{res}px x{ratio}" for res, ratio in ratios.items()))
+
+
+def error_text(err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}"[:500]
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()

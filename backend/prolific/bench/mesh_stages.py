@@ -1,0 +1,209 @@
+"""`prolific bench stage2|stage3`: the geometry step (DMTet, normal-map SDS) and the texture step (albedo field,
+VSD) on rasterised renders, timed per part, per resolution and per speed variant.
+
+Both run the stages' own training loops (stages/geometry.train, stages/texture.train) on a surface extracted
+from a freshly initialised NeRF (its density blob), with a reporter that turns each loop iteration into one
+timed step. The loop's final iteration also writes a checkpoint and a preview, so it is left out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import make_config
+from ..prior import speed
+from ..prior.speed import SpeedOptions, log
+from . import common
+from .flops import vsd_step_flops
+from .timing import PartTimer, patched
+
+NEVER = 10**9
+
+
+class BenchReporter:
+    """The two Reporter methods a stage loop calls, each loop iteration becoming one timed step."""
+
+    def __init__(self, timer: PartTimer, options: SpeedOptions):
+        self.timer, self.options = timer, options
+
+    def check_cancel(self) -> None:
+        if self.options.compile == "reduce-overhead":
+            speed.mark_step()
+        self.timer.begin()
+
+    def step(self, stage: str, step: int, total: int, preview=None) -> None:
+        self.timer.end()
+
+
+def build_parser(stage: str) -> argparse.ArgumentParser:
+    what = "geometry (normal-map SDS on a DMTet)" if stage == "stage2" else "texture (VSD on an albedo field)"
+    parser = argparse.ArgumentParser(prog=f"prolific bench {stage}", description=f"Time the {what} step.")
+    common.add_common_args(parser, resolutions="512")
+    return parser
+
+
+def initial_surface(cfg, device: torch.device, seed: int):
+    """The stage-2 starting DMTet of a fresh NeRF (its density blob, cut at geometry.density_threshold)."""
+    from ..field.dmtet import TetGrid
+    from ..field.nerf import NeRF
+    from ..stages.geometry import initial_dmtet
+
+    torch.manual_seed(seed)
+    nerf = NeRF(cfg.nerf, device=device)
+    grid = TetGrid.build(cfg.geometry.tet_res, cfg.nerf.bound, device)
+    with torch.no_grad():
+        return initial_dmtet(grid, nerf, cfg.geometry.density_threshold)
+
+
+def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, args, cfg, model: str,
+                device: torch.device, resolutions: list[int]) -> dict:
+    from ..prior.diffusion import load_prior
+    from ..prior.vsd import ScoreDistillation
+    from ..stages import geometry, texture
+    from ..stages.common import StageContext
+
+    out: dict = {"name": name, "reference": reference, "options": options.to_dict(), "resolutions": {},
+                 "errors": {}}
+    log(f"bench {stage} [{name}]: loading the model")
+    common.free_memory(device)
+    start = time.perf_counter()
+    prior = load_prior(model, device, speed.prior_dtype(options, device))
+    out["load_s"] = round(time.perf_counter() - start, 2)
+    if stage == "stage2":
+        prior_cfg, guidance_name = geometry.refine_prior_config(cfg.prior, cfg.geometry.guidance_scale), "sds"
+    else:
+        prior_cfg, guidance_name = geometry.refine_prior_config(cfg.prior), cfg.texture.guidance
+    vsd = guidance_name == "vsd"
+    estimator_prior = speed.separate_estimator_prior(prior) if reference and vsd else prior
+    torch.manual_seed(args.seed)
+    guidance = ScoreDistillation(estimator_prior, prior_cfg, guidance_name)
+    dmtets = [initial_surface(cfg, device, args.seed + k) for k in range(args.particles)]
+    if stage == "stage2":
+        optimizers = [geometry.make_optimizer(d, cfg.geometry.lr) for d in dmtets]
+    else:
+        from ..field.texture import AlbedoField
+
+        with torch.no_grad():
+            meshes = [d.mesh().detach() for d in dmtets]
+        fields = [AlbedoField(cfg.nerf, device) for _ in meshes]
+        optimizers = [texture.make_optimizer(f, cfg.texture.lr) for f in fields]
+        backgrounds = [texture.frozen(None) for _ in fields]
+    try:
+        out["applied"] = speed.accelerate(prior, guidance, options, optimizers)
+    except Exception as err:  # noqa: BLE001 - an optional switch failing must not end the bench
+        out["errors"]["accelerate"] = common.error_text(err)
+    scale = prior_cfg.guidance_scale if vsd else prior_cfg.sds_guidance_scale
+    out["flops"] = vsd_step_flops(prior, args.particles, guidance_name, scale)
+    out["faces"] = [int(d.mesh().faces.shape[0]) for d in dmtets]
+    prompt = prior.embed_prompt(common.PROMPT, cfg.prior.negative_prompt, cfg.prior.view_dependent_prompt)
+    timer = PartTimer(device)
+    module = geometry if stage == "stage2" else texture
+    patches = [timer.wrap(module, "render_mesh", "render"),
+               timer.wrap(guidance.prior, "encode_images", "encode"),
+               timer.wrap(guidance.prior, "predict_noise", "prior"),
+               timer.wrap(guidance, "loss", "loss", after="backward")]
+    if stage == "stage2":
+        patches += [timer.wrap(geometry, "regularisers", "regularisers")]
+        patches += [timer.wrap(d, "mesh", "mesh") for d in dmtets]
+    else:
+        patches += [timer.wrap(guidance, "eps_phi", "estimator"),
+                    timer.wrap(guidance, "update_estimator", "lora_update")]
+    patches += [timer.wrap(opt, "step", "optimizer", after="other") for opt in optimizers]
+    section = "geometry" if stage == "stage2" else "texture"
+    try:
+        with patched(patches), tempfile.TemporaryDirectory(prefix="prolific-bench-") as job_dir:
+            for res in resolutions:
+                steps = args.warmup + args.steps + 1
+                sub = dataclasses.replace(getattr(cfg, section), resolution=res, steps=steps,
+                                          checkpoint_every=NEVER, preview_every=NEVER)
+                ctx = StageContext(cfg=dataclasses.replace(cfg, **{section: sub}), device=device, prior=prior,
+                                   prompt_emb=prompt, job_dir=Path(job_dir), reporter=BenchReporter(timer, options),
+                                   cancel=threading.Event(), generator=torch.Generator(device).manual_seed(args.seed))
+
+                def loop():
+                    timer.steps = []
+                    if stage == "stage2":
+                        geometry.train(ctx, dmtets, optimizers, guidance, 0)
+                    else:
+                        texture.train(ctx, meshes, fields, optimizers, backgrounds, guidance, 0)
+
+                out["resolutions"][str(res)] = run_resolution(stage, name, res, loop, timer, prior, options, args,
+                                                              device, out)
+    finally:
+        speed.unbatch_branches(guidance)
+        guidance.close()
+        if options.compile:
+            speed.uncompile_prior(prior)
+        del prior, estimator_prior, guidance
+        common.free_memory(device)
+    return out
+
+
+def run_resolution(stage, name, res, loop, timer, prior, options, args, device, out) -> dict:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    log(f"bench {stage} [{name}] {res}px: {args.warmup} warm-up + {args.steps} timed step(s)")
+    result: dict = {}
+    start = time.perf_counter()
+    try:
+        loop()
+    except Exception as err:  # noqa: BLE001
+        timer.marks = []
+        if not options.compile or "compile" in out["errors"]:
+            return _failed(result, err, device)
+        out["errors"]["compile"] = common.error_text(err)
+        log(f"bench {stage} [{name}]: compiled step failed ({common.error_text(err)}); continuing eagerly")
+        speed.uncompile_prior(prior)
+        options.compile = None
+        try:
+            loop()
+        except Exception as err2:  # noqa: BLE001
+            timer.marks = []
+            return _failed(result, err2, device)
+    result["wall_s"] = round(time.perf_counter() - start, 2)
+    timer.steps = timer.steps[:-1]  # the last iteration also saved a checkpoint and a preview
+    result.update(timer.summary(skip=args.warmup))
+    ms = result.get("ms_per_step")
+    if ms:
+        result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)
+        log(f"bench {stage} [{name}] {res}px: {ms:.1f} ms/step " + " ".join(
+            f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items()))
+    result.update(common.memory_block(device))
+    return result
+
+
+def _failed(result: dict, err: BaseException, device: torch.device) -> dict:
+    result["error"] = common.error_text(err)
+    if common.is_oom(err):
+        result["error_code"] = "out_of_memory"
+    result.update(common.memory_block(device))
+    log(f"bench: step failed: {result['error']}")
+    common.free_memory(device)
+    return result
+
+
+def run(stage: str, argv: list[str]) -> dict:
+    args = build_parser(stage).parse_args(argv)
+    device = common.resolve_device(args.device)
+    resolutions = common.parse_resolutions(args.resolutions)
+    preset = args.preset or ("standard" if device.type == "cuda" else "test")
+    overrides: dict = {"device": str(device), "particles": args.particles}
+    if args.guidance and stage == "stage3":
+        overrides["texture"] = {"guidance": args.guidance}
+    cfg = make_config(common.PROMPT, preset, overrides)
+    runs = common.variants(args, device)
+    model = common.prepare_model(args, device)
+    result = {"bench": stage, **common.environment(device), "model": args.model, "preset": preset,
+              "particles": args.particles, "steps": args.steps, "warmup": args.warmup, "variants": []}
+    if stage == "stage2":
+        result["tet_res"] = cfg.geometry.tet_res
+    common.run_variants(result, runs, args, device, lambda name, options, reference: run_variant(
+        stage, name, options, reference, args, cfg, model, device, resolutions))
+    common.emit(result, args.json)
+    return result

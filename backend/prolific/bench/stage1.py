@@ -1,0 +1,240 @@
+"""`prolific bench stage1`: the real stage-1 VSD step (stages/nerf.train_step: render → encode → pretrained
+CFG → ε_φ → particle update → LoRA update), timed per part, per render resolution and per speed variant.
+
+Each variant loads the model afresh (its own dtype), so the reference and the optimised runs share nothing but
+the process; the reference keeps a second UNet for the LoRA branch as the reference implementations do.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from types import SimpleNamespace
+
+import torch
+
+from ..config import make_config
+from ..prior import speed
+from ..prior.speed import SpeedOptions, log
+from . import common
+from .flops import vsd_step_flops
+from .timing import PartTimer, patched
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prolific bench stage1", description=__doc__.split("\n\n")[0])
+    common.add_common_args(parser, resolutions="64,512")
+    return parser
+
+
+def make_particles(cfg, device: torch.device, options: SpeedOptions, n: int) -> list:
+    """Stage 1's own particles; the hash grid is forced to the PyTorch one unless `tcnn` is asked for, and
+    without `occupancy` every sample along every ray is evaluated."""
+    from ..field.nerf import NeRF
+    from ..stages import nerf as nerf_stage
+
+    particles = [nerf_stage.make_particle(cfg, device) for _ in range(n)]
+    for p in particles:
+        if not options.tcnn and getattr(p.nerf.encoding, "impl", "torch") != "torch":
+            p.nerf = NeRF(cfg, device=None).to(device)  # built off-GPU: make_hash_encoding picks PyTorch
+            p.optimizer = type(p.optimizer)(particle_parameters(p), **p.optimizer.defaults)
+        if not options.occupancy:
+            p.occupancy = None
+    return particles
+
+
+def particle_parameters(particle) -> list:
+    return list(particle.nerf.parameters()) + list(particle.background.parameters())
+
+
+def hash_impl(particles) -> str:
+    return getattr(particles[0].nerf.encoding, "impl", type(particles[0].nerf.encoding).__name__)
+
+
+@dataclasses.dataclass
+class Variant:
+    """A loaded prior, its estimator and the particles, with one set of speed options applied."""
+
+    prior: object
+    distill: object
+    particles: list
+    options: SpeedOptions
+    applied: dict
+    errors: dict
+
+    def close(self) -> None:
+        speed.unbatch_branches(self.distill)
+        self.distill.close()
+        if self.options.compile:
+            speed.uncompile_prior(self.prior)
+
+
+def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, device: torch.device, seed: int,
+                  n_particles: int) -> Variant:
+    """Load the model in the variant's dtype, attach the estimator (on a separate UNet copy for the reference),
+    build the particles and apply the speed options. Seeds make two variants start from the same weights."""
+    from ..prior.diffusion import load_prior
+    from ..prior.vsd import ScoreDistillation
+
+    prior = load_prior(model, device, speed.prior_dtype(options, device))
+    estimator_prior = speed.separate_estimator_prior(prior) if reference else prior
+    torch.manual_seed(seed)
+    distill = ScoreDistillation(estimator_prior, cfg.prior, cfg.prior.guidance)
+    torch.manual_seed(seed + 1)
+    particles = make_particles(cfg.nerf, device, options, n_particles)
+    optimizers = [p.optimizer for p in particles]
+    errors: dict = {}
+    applied: dict = {}
+    try:
+        applied = speed.accelerate(prior, distill, options, optimizers)
+    except Exception as err:  # noqa: BLE001 - an optional switch failing must not end the bench
+        errors["accelerate"] = common.error_text(err)
+        log(f"bench stage1: applying {options.label()} failed: {common.error_text(err)}")
+    for p, opt in zip(particles, optimizers):
+        p.optimizer = opt
+    return Variant(prior, distill, particles, options, applied, errors)
+
+
+def bench_context(cfg, res: int, device: torch.device, generator: torch.Generator, prompt) -> SimpleNamespace:
+    """What stages/nerf.train_step reads from its StageContext, with the resolution pinned to `res`."""
+    ncfg = dataclasses.replace(cfg.nerf, resolutions=(res,), resolution_milestones=(), steps=10**6)
+    return SimpleNamespace(cfg=dataclasses.replace(cfg, nerf=ncfg), device=device, generator=generator,
+                           prompt_emb=prompt)
+
+
+def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, model: str,
+                device: torch.device, resolutions: list[int], flop_cache: dict) -> dict:
+    from ..stages import nerf as nerf_stage
+
+    out: dict = {"name": name, "reference": reference, "options": options.to_dict(), "resolutions": {}}
+    log(f"bench stage1 [{name}]: loading the model")
+    common.free_memory(device)
+    start = time.perf_counter()
+    variant = build_variant(options, reference, cfg, model, device, args.seed, args.particles)
+    prior, distill, particles = variant.prior, variant.distill, variant.particles
+    try:
+        out["load_s"] = round(time.perf_counter() - start, 2)
+        out["applied"], out["errors"] = variant.applied, variant.errors
+        out["hash_grid"] = hash_impl(particles)
+        key = (str(dict(prior.unet.config)), args.particles, cfg.prior.guidance)
+        if key not in flop_cache:
+            scale = cfg.prior.guidance_scale if cfg.prior.guidance == "vsd" else cfg.prior.sds_guidance_scale
+            flop_cache[key] = vsd_step_flops(prior, args.particles, cfg.prior.guidance, scale)
+        out["flops"] = flop_cache[key]
+        prompt = prior.embed_prompt(common.PROMPT, cfg.prior.negative_prompt, cfg.prior.view_dependent_prompt)
+        generator = torch.Generator(device).manual_seed(args.seed)
+
+        timer = PartTimer(device)
+        patches = [timer.wrap(nerf_stage, "render_nerf", "render"),
+                   timer.wrap(distill.prior, "encode_images", "encode"),
+                   timer.wrap(distill.prior, "predict_noise", "prior"),
+                   timer.wrap(distill, "eps_phi", "estimator"),
+                   timer.wrap(distill, "loss", "loss", after="backward"),
+                   timer.wrap(distill, "update_estimator", "lora_update")]
+        patches += [timer.wrap(p.optimizer, "step", "optimizer", after="other") for p in particles]
+        with patched(patches):
+            for res in resolutions:
+                out["resolutions"][str(res)] = run_resolution(
+                    name, res, cfg, prior, distill, particles, prompt, generator, options, timer, args, device, out)
+    finally:
+        variant.close()
+        del variant, prior, distill, particles
+        common.free_memory(device)
+    return out
+
+
+def run_resolution(name, res, cfg, prior, distill, particles, prompt, generator, options, timer, args, device,
+                   out) -> dict:
+    from ..stages import nerf as nerf_stage
+
+    ctx = bench_context(cfg, res, device, generator, prompt)
+    ncfg = ctx.cfg.nerf
+    losses: list[float] = []
+    step_index = [0]
+
+    def one_step():
+        i = step_index[0]
+        step_index[0] += 1
+        if options.compile == "reduce-overhead":
+            speed.mark_step()
+        with timer.step():
+            if options.occupancy and i % ncfg.occupancy_every == 0:
+                timer.push("occupancy")
+                nerf_stage.update_occupancy(particles, generator)
+                timer.pop()
+            rgb = nerf_stage.train_step(ctx, particles, distill, i)
+        losses.append(float(rgb.float().mean()))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer.steps = []
+    result: dict = {}
+    log(f"bench stage1 [{name}] {res}px: {args.warmup} warm-up step(s)")
+    start = time.perf_counter()
+    try:
+        for _ in range(args.warmup):
+            one_step()
+    except Exception as err:  # noqa: BLE001
+        if not options.compile or "compile" in out["errors"]:
+            return failed(result, err, device)
+        # A failing compile is reported and the variant goes on eagerly.
+        out["errors"]["compile"] = common.error_text(err)
+        log(f"bench stage1 [{name}]: compiled step failed ({common.error_text(err)}); continuing eagerly")
+        speed.uncompile_prior(prior)
+        options.compile = None
+        timer.steps = []
+        try:
+            for _ in range(args.warmup):
+                one_step()
+        except Exception as err2:  # noqa: BLE001
+            return failed(result, err2, device)
+    result["warmup_s"] = round(time.perf_counter() - start, 2)
+    log(f"bench stage1 [{name}] {res}px: {args.steps} timed step(s)")
+    try:
+        for _ in range(args.steps):
+            one_step()
+    except Exception as err:  # noqa: BLE001
+        return failed(result, err, device)
+    result.update(timer.summary(skip=args.warmup))
+    ms = result.get("ms_per_step")
+    if ms:
+        result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)
+    result.update(common.memory_block(device))
+    result["render_finite"] = all(math.isfinite(v) for v in losses)
+    if particles[0].occupancy is not None:
+        result["occupied_fraction"] = round(particles[0].occupancy.occupied_fraction, 4)
+    log(f"bench stage1 [{name}] {res}px: {ms:.1f} ms/step " + " ".join(
+        f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items()))
+    return result
+
+
+def failed(result: dict, err: BaseException, device: torch.device) -> dict:
+    result["error"] = common.error_text(err)
+    if common.is_oom(err):
+        result["error_code"] = "out_of_memory"
+    result.update(common.memory_block(device))
+    log(f"bench: step failed: {result['error']}")
+    common.free_memory(device)
+    return result
+
+
+def run(argv: list[str]) -> dict:
+    args = build_parser().parse_args(argv)
+    device = common.resolve_device(args.device)
+    resolutions = common.parse_resolutions(args.resolutions)
+    preset = args.preset or ("standard" if device.type == "cuda" else "test")
+    overrides: dict = {"device": str(device), "particles": args.particles}
+    if args.guidance:
+        overrides["prior"] = {"guidance": args.guidance}
+    cfg = make_config(common.PROMPT, preset, overrides)
+    runs = common.variants(args, device)
+    model = common.prepare_model(args, device)
+    result = {"bench": "stage1", **common.environment(device), "model": args.model, "preset": preset,
+              "particles": args.particles, "guidance": cfg.prior.guidance, "steps": args.steps,
+              "warmup": args.warmup, "variants": []}
+    flop_cache: dict = {}
+    common.run_variants(result, runs, args, device, lambda name, options, reference: run_variant(
+        name, options, reference, args, cfg, model, device, resolutions, flop_cache))
+    common.emit(result, args.json)
+    return result

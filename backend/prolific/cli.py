@@ -1,0 +1,207 @@
+"""`prolific generate|serve|bench`: the command line.
+
+Errors end the process with one line `error: <sentence>` on stderr: exit code 2 for input the user can fix
+(bad settings, missing model, no GPU), 1 for anything else, 130 when cancelled with Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import PRESETS
+from .errors import BadRequest, Cancelled, ModelNotFound, NoGpu, ProlificError
+
+USER_ERRORS = (BadRequest, ModelNotFound, NoGpu)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prolific", description="Text-to-3D with Variational Score Distillation.")
+    parser.add_argument("--version", action="version", version=f"prolific {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,serve,bench}")
+    sub.required = True
+
+    gen = sub.add_parser("generate", help="make 3D objects from a prompt",
+                         description="Make 3D objects from a prompt into OUT/<name>/.")
+    gen.add_argument("prompt")
+    gen.add_argument("-o", "--out", required=True, type=Path, help="output folder; the job gets a subfolder")
+    gen.add_argument("--name", help="job subfolder name (default: from the prompt and seed)")
+    gen.add_argument("--model", help="Hugging Face id or local diffusers folder (default: bundled toy prior)")
+    gen.add_argument("--preset", default="standard", help=f"one of {', '.join(PRESETS)} (default: standard)")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--particles", type=int, help="number of variations (VSD particles)")
+    gen.add_argument("--guidance", help="vsd (default) or sds")
+    gen.add_argument("--stages", help="comma-separated subset of nerf,geometry,texture")
+    for stage in ("nerf", "geometry", "texture"):
+        gen.add_argument(f"--steps-{stage}", type=int, metavar="N", help=f"override {stage}.steps")
+    gen.add_argument("--negative-prompt")
+    gen.add_argument("--formats", help="extra export formats beside mesh.npz: glb,obj")
+    gen.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    gen.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="any other setting, e.g. --set nerf.lr=0.005 (value read as JSON when it parses)")
+    gen.add_argument("--resume", action="store_true", help="continue the job in OUT/<name> from its checkpoints")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    serve = sub.add_parser("serve", help="JSON-lines server on stdin/stdout (used by the Blender add-on)")
+    serve.add_argument("--model", help="default model for jobs that name none (default: bundled toy prior)")
+    serve.add_argument("--device", default="auto", help="device named in hello (default: auto)")
+
+    sub.add_parser("bench", help="benchmarks (prolific bench --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        from . import bench  # heavy, and only for benchmarking
+
+        return bench.main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from .server import serve_stdio
+
+            return serve_stdio(args.model, args.device)
+        return generate(args)
+    except KeyboardInterrupt:
+        print("error: aborted.", file=sys.stderr)
+        return 130
+    except ProlificError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 130 if isinstance(err, Cancelled) else 2 if isinstance(err, USER_ERRORS) else 1
+    except Exception as err:  # a bug: show where, then the one-line summary
+        traceback.print_exc()
+        print(f"error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+
+
+def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    over: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"--set needs SECTION.KEY=VALUE (got '{item}').")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = over
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    prior = over.setdefault("prior", {})
+    if args.model is not None:
+        prior["model"] = args.model
+    if args.guidance is not None:
+        prior["guidance"] = args.guidance
+    if args.negative_prompt is not None:
+        prior["negative_prompt"] = args.negative_prompt
+    for key in ("seed", "particles", "device"):
+        if getattr(args, key) is not None:
+            over[key] = getattr(args, key)
+    if args.stages is not None:
+        over["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if args.formats is not None:
+        over.setdefault("export", {})["formats"] = [f.strip() for f in args.formats.split(",") if f.strip()]
+    for stage in ("nerf", "geometry", "texture"):
+        steps = getattr(args, f"steps_{stage}")
+        if steps is not None:
+            over.setdefault(stage, {})["steps"] = steps
+    return over
+
+
+def job_name(prompt: str, seed: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:48] or "job"
+    return f"{slug}_seed{seed}"
+
+
+class ProgressBar:
+    """tqdm bar on stderr, one per stage; the postfix shows the ETA of the whole job."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, event) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if event.stage != self.stage:
+            self.close()
+            self.stage = event.stage
+            self.bar = tqdm(total=event.total, initial=event.step, desc=event.stage, file=sys.stderr,
+                            unit="step", dynamic_ncols=True,
+                            bar_format="{desc} {bar} {n_fmt}/{total_fmt} {rate_fmt}{postfix}")
+        self.bar.n = event.step
+        if event.eta_s is not None:
+            self.bar.set_postfix_str(f"ETA {format_duration(event.eta_s)}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def generate(args: argparse.Namespace) -> int:
+    from .config import make_config
+    from .pipeline import run_job
+
+    cfg = make_config(args.prompt, args.preset, parse_overrides(args))
+    name = args.name or job_name(cfg.prompt, cfg.seed)
+    if cfg.prior.model is None:
+        from .prior.bundled import vocabulary_hint
+
+        print(f"Using the bundled toy prior (a tiny demo model). {vocabulary_hint()} For real results pass "
+              "--model stabilityai/stable-diffusion-2-1-base (or a local diffusers folder).", file=sys.stderr)
+    bar = ProgressBar(not args.quiet)
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = run_job(cfg, args.out, name, sink=bar, cancel=cancel, resume=args.resume)
+        except BaseException as err:  # handed to the main thread, which reports it
+            outcome["error"] = err
+
+    # The job runs on a worker thread so that Ctrl-C can cancel it cleanly at a step boundary, after the stage
+    # has saved its checkpoint (a later --resume continues from there).
+    worker = threading.Thread(target=work, name="prolific-job", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        print("\nCancelling after the current step (Ctrl-C again to abort at once)...", file=sys.stderr)
+        cancel.set()
+        worker.join()
+    finally:
+        bar.close()
+    if "error" in outcome:
+        err = outcome["error"]
+        if isinstance(err, Cancelled):
+            raise Cancelled(f"Cancelled. Run the same command with --resume to continue from the last checkpoint "
+                            f"in {args.out / name}.")
+        raise err
+    result = outcome["result"]
+    print(f"Result: {result['job_dir']}")
+    for k, obj in enumerate(result["objects"]):
+        shown = obj.get("mesh") or obj.get("checkpoint")
+        print(f"  object {k}: {shown}")
+    return 0

@@ -1,0 +1,51 @@
+"""Which torch device and dtype a job runs on, and how the device is named to the user."""
+from __future__ import annotations
+
+import torch
+
+from .errors import BadRequest, NoGpu
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto → the first GPU when there is one, else the CPU; asking for cuda without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise BadRequest(f"Unknown device '{name}': use auto, cpu or cuda[:N].") from None
+        if not torch.cuda.is_available():
+            raise NoGpu(f"Device '{name}' was asked for but this machine has no usable CUDA GPU; "
+                        "use --device cpu (slow) or auto.")
+        index = 0 if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise NoGpu(f"Device '{name}' was asked for but this machine has only "
+                        f"{torch.cuda.device_count()} CUDA GPU(s).")
+        return torch.device("cuda", index)
+    raise BadRequest(f"Unknown device '{name}': use auto, cpu or cuda[:N].")
+
+
+def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """auto: bf16 on a bf16-capable GPU, fp16 on older GPUs, fp32 on the CPU (half precision is slow there)."""
+    if name != "auto":
+        if name not in _DTYPES:
+            raise BadRequest(f"Unknown dtype '{name}': use auto, fp32, fp16 or bf16.")
+        return _DTYPES[name]
+    if device.type != "cuda":
+        return torch.float32
+    with torch.cuda.device(device):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def device_description(device: torch.device | None = None) -> str:
+    """'cuda:0 NVIDIA H100 80GB HBM3' or 'cpu', as shown in the protocol's hello."""
+    device = device or pick_device("auto")
+    if device.type == "cuda":
+        index = 0 if device.index is None else device.index
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    return str(device)

@@ -1,0 +1,111 @@
+"""The result folder (DESIGN.md): one `object_<k>/` per particle with mesh.npz, albedo.png and meta.json, plus
+GLB / OBJ on request and a turntable of the exported (baked) object.
+
+Axes are Blender's: +Z up, metres (our world already is), so the add-on imports the arrays as they are.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..field.dmtet import TriMesh
+from ..render.cameras import orbit_cameras
+from ..render.mesh import render_mesh
+from ..render.raster import make_rasterizer
+from ..stages.common import save_png
+from .bake import bake_texture
+from .formats import write_glb, write_obj
+from .unwrap import unwrap
+
+TURNTABLE_ELEVATION_DEG, TURNTABLE_DISTANCE, TURNTABLE_FOV_DEG = 15.0, 1.75, 55.0
+TURNTABLE_SIZE = 256
+GREY = 0.8  # albedo of an object exported without any colour source (no stage-1 field at hand)
+
+
+def uniform_grey(points: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(points, GREY)
+
+
+def write_object(obj_dir: Path, positions: np.ndarray, faces: np.ndarray, uv: np.ndarray,
+                 normals: np.ndarray | None, albedo_image: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write mesh.npz (float32 positions (V,3), int32 faces (F,3), float32 uv (V,2), float32 normals (V,3)),
+    albedo.png (albedo_image [H,W,3] in [0,1], row 0 = v 1) and meta.json. Returns the paths and counts."""
+    obj_dir = Path(obj_dir)
+    obj_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {"positions": np.asarray(positions, np.float32), "faces": np.asarray(faces, np.int32),
+              "uv": np.asarray(uv, np.float32)}
+    if normals is not None:
+        arrays["normals"] = np.asarray(normals, np.float32)
+    mesh_path, albedo_path, meta_path = obj_dir / "mesh.npz", obj_dir / "albedo.png", obj_dir / "meta.json"
+    np.savez(mesh_path, **arrays)
+    pixels = (np.clip(albedo_image, 0, 1) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(albedo_path)
+    counts = {"vertices": int(arrays["positions"].shape[0]), "faces": int(arrays["faces"].shape[0])}
+    meta_path.write_text(json.dumps({**meta, **counts}, indent=2, default=str))
+    return {"mesh": str(mesh_path), "albedo": str(albedo_path), "meta": str(meta_path), **counts}
+
+
+def export_objects(ctx, meshes: Sequence[TriMesh], textures: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+                   timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Unwrap, bake and write every particle's object into ctx.job_dir/object_<k>/; one dict per object with the
+    paths (mesh, albedo, meta, turntable and any glb/obj) and the vertex/face counts."""
+    cfg = ctx.cfg
+    raster = make_rasterizer(ctx.device)
+    objects = []
+    for k, (mesh, albedo_fn) in enumerate(zip(meshes, textures)):
+        ctx.reporter.check_cancel()
+        albedo_fn = albedo_fn or uniform_grey
+        started = time.monotonic()
+        positions = mesh.positions.detach()
+        normals = mesh.vertex_normals().detach()
+        flat = unwrap(positions.cpu().numpy(), mesh.faces.cpu().numpy(), cfg.export.texture_size)
+        # Normals from the uncut mesh, so UV seams do not show up as shading creases.
+        vnormals = normals.cpu().numpy()[flat.vmapping]
+        device = ctx.device
+        pos_t = torch.from_numpy(flat.positions).to(device)
+        faces_t = torch.from_numpy(flat.faces).long().to(device)
+        uv_t = torch.from_numpy(flat.uv).to(device)
+        with torch.no_grad():
+            image, _ = bake_texture(raster, pos_t, faces_t, uv_t, albedo_fn, cfg.export.texture_size,
+                                    cfg.export.dilation_px)
+        obj_dir = ctx.object_dir(k)
+        meta = {"prompt": cfg.prompt, "negative_prompt": cfg.prior.negative_prompt, "seed": cfg.seed,
+                "particle": k, "preset": cfg.preset, "model": cfg.prior.model, "settings": cfg.to_dict(),
+                "backend": __version__, "axes": "+Z up, metres",
+                "timings": {**(timings or {}), "export_object": round(time.monotonic() - started, 3)}}
+        albedo = image.cpu().numpy()
+        entry = write_object(obj_dir, flat.positions, flat.faces, flat.uv, vnormals, albedo, meta)
+        pil = Image.open(entry["albedo"]).convert("RGB")
+        if "glb" in cfg.export.formats:
+            entry["glb"] = str(write_glb(obj_dir / "mesh.glb", flat.positions, flat.faces, flat.uv, vnormals, pil))
+        if "obj" in cfg.export.formats:
+            entry["obj"] = str(write_obj(obj_dir / "mesh.obj", flat.positions, flat.faces, flat.uv, vnormals, pil))
+        entry["turntable"] = [str(p) for p in write_turntable(ctx, raster, pos_t, faces_t, uv_t, image,
+                                                              torch.from_numpy(vnormals).to(device), obj_dir)]
+        objects.append(entry)
+    return objects
+
+
+@torch.no_grad()
+def write_turntable(ctx, raster, positions, faces, uv, image, normals, folder: Path) -> list[Path]:
+    """Lit renders of the exported mesh with its baked texture (what Blender will show), turntable_<i>.png."""
+    n = ctx.cfg.export.turntable_views
+    cameras = orbit_cameras(n, TURNTABLE_ELEVATION_DEG, TURNTABLE_DISTANCE, TURNTABLE_FOV_DEG, ctx.device)
+    paths = []
+    for i in range(n):
+        out = render_mesh(raster, positions, faces, cameras[i], TURNTABLE_SIZE, TURNTABLE_SIZE, shading="lambertian",
+                          normals=normals, uv_texture=(uv, image))
+        paths.append(save_png(out["rgb"], folder / f"turntable_{i}.png"))
+    return paths
+
+
+def write_result(ctx, outputs: dict) -> list[dict[str, Any]]:
+    """The pipeline's export step: the last mesh stage's outputs ({"meshes", "textures"}) → result folder."""
+    return export_objects(ctx, outputs["meshes"], outputs["textures"])

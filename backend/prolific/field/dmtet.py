@@ -1,0 +1,262 @@
+"""DMTet: a generated tetrahedral grid with a per-vertex SDF and deformation, and differentiable marching tetrahedra.
+
+The grid is the Kuhn (Freudenthal) triangulation of a cube lattice: every cell is split into 6 tetrahedra that
+all share the cell's main diagonal. Neighbouring cells then split their shared faces the same way, so the grid
+is conforming, and marching tetrahedra on it gives a closed manifold surface once the grid's boundary is outside.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+# The 6 edges of a tetrahedron, as pairs of local vertex indices.
+TET_EDGES = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+
+
+def _triangle_table() -> tuple[torch.Tensor, torch.Tensor]:
+    """Triangles (as local edge indices) for each of the 16 inside/outside codes of a tetrahedron.
+
+    Built from a positively oriented reference tetrahedron: each triangle is wound so its normal points from the
+    inside vertices to the outside ones. An orientation-preserving map keeps that, so outward winding holds for
+    every (positively oriented) tetrahedron of the grid. Returns (table [16,2,3] with -1 padding, count [16]).
+    """
+    ref = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+    edge_of = {frozenset(e): i for i, e in enumerate(TET_EDGES)}
+    table = torch.full((16, 2, 3), -1, dtype=torch.long)
+    count = torch.zeros(16, dtype=torch.long)
+    for code in range(16):
+        inside = [i for i in range(4) if code >> i & 1]
+        outside = [i for i in range(4) if not code >> i & 1]
+        if len(inside) in (0, 4):
+            continue
+        if len(inside) == 2:
+            (a, b), (c, d) = inside, outside
+            ring = [edge_of[frozenset(p)] for p in ((a, c), (b, c), (b, d), (a, d))]  # a cycle around the quad
+            tris = [ring[:3], [ring[0], ring[2], ring[3]]]
+        else:
+            lone = inside[0] if len(inside) == 1 else outside[0]
+            tris = [[edge_of[frozenset((lone, o))] for o in range(4) if o != lone]]
+        outward = ref[outside].mean(0) - ref[inside].mean(0)
+        for k, tri in enumerate(tris):
+            p = torch.stack([ref[list(TET_EDGES[e])].mean(0) for e in tri])
+            if torch.dot(torch.linalg.cross(p[1] - p[0], p[2] - p[0]), outward) < 0:
+                tri = [tri[0], tri[2], tri[1]]
+            table[code, k] = torch.tensor(tri)
+        count[code] = len(tris)
+    return table, count
+
+
+TRI_TABLE, TRI_COUNT = _triangle_table()
+
+
+def make_tet_grid(res: int, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conforming grid of 6·res³ positively oriented tetrahedra over [-bound, bound]³.
+
+    Returns (vertices [(res+1)³, 3] float32, tets [6·res³, 4] int64), vertices shared between cells.
+    """
+    n = res + 1
+    axis = torch.linspace(-bound, bound, n)
+    verts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    stride = torch.tensor([n * n, n, 1])
+    cells = torch.stack(torch.meshgrid(*[torch.arange(res)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    base = (cells * stride).sum(-1)
+    tets = []
+    for perm in itertools.permutations(range(3)):
+        # Walk from the cell's corner 000 to 111 along the axes in `perm`: a tetrahedron of the Kuhn split.
+        offsets = [0]
+        for axis_k in perm:
+            offsets.append(offsets[-1] + int(stride[axis_k]))
+        inversions = sum(perm[i] > perm[j] for i in range(3) for j in range(i + 1, 3))
+        if inversions % 2:  # an odd permutation gives a negatively oriented tet: swap two vertices
+            offsets[2], offsets[3] = offsets[3], offsets[2]
+        tets.append(base[:, None] + torch.tensor(offsets))
+    return verts, torch.cat(tets)
+
+
+@dataclass
+class TriMesh:
+    """A triangle mesh: positions [V,3] float, faces [F,3] int64 (outward, counter-clockwise winding)."""
+
+    positions: torch.Tensor
+    faces: torch.Tensor
+
+    def face_normals(self) -> torch.Tensor:
+        """Unnormalised face normals (length = twice the area)."""
+        p = self.positions[self.faces]
+        return torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+
+    def vertex_normals(self) -> torch.Tensor:
+        """Area-weighted unit vertex normals."""
+        fn = self.face_normals()
+        vn = torch.zeros_like(self.positions)
+        for k in range(3):
+            vn = vn.index_add(0, self.faces[:, k], fn)
+        return nn.functional.normalize(vn, dim=-1, eps=1e-12)
+
+    def detach(self) -> "TriMesh":
+        return TriMesh(self.positions.detach(), self.faces)
+
+    def to(self, device) -> "TriMesh":
+        return TriMesh(self.positions.to(device), self.faces.to(device))
+
+    def edges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unique undirected edges [E,2] and, per face side (3F, in face order), the index of its edge."""
+        sides = torch.cat([self.faces[:, [0, 1]], self.faces[:, [1, 2]], self.faces[:, [2, 0]]])
+        sides = torch.sort(sides, dim=-1).values
+        n = max(self.positions.shape[0], 1)
+        keys, inverse = torch.unique(sides[:, 0] * n + sides[:, 1], return_inverse=True)  # 1-D: a fast sort
+        return torch.stack([keys // n, keys % n], -1), inverse
+
+    def sample_surface(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n points [n,3] uniformly distributed over the surface area."""
+        gen_device = generator.device if generator is not None else "cpu"
+        area = self.face_normals().detach().norm(dim=-1)
+        face = torch.multinomial(area.to(gen_device), n, replacement=True, generator=generator)
+        r = torch.rand(n, 2, generator=generator, device=gen_device)
+        flip = r.sum(-1) > 1  # fold the unit square onto the triangle
+        r = torch.where(flip[:, None], 1 - r, r).to(self.positions)
+        p = self.positions[self.faces[face.to(self.faces.device)]]
+        return p[:, 0] + r[:, :1] * (p[:, 1] - p[:, 0]) + r[:, 1:] * (p[:, 2] - p[:, 0])
+
+
+def normal_consistency(mesh: TriMesh) -> torch.Tensor:
+    """Mean (1 − cos) between the normals of faces sharing an edge: penalises creases and folded triangles."""
+    _, side_edge = mesh.edges()
+    n_faces = mesh.faces.shape[0]
+    face_of_side = torch.arange(3 * n_faces, device=side_edge.device) % n_faces
+    order = torch.argsort(side_edge, stable=True)
+    e, f = side_edge[order], face_of_side[order]
+    pair = e[1:] == e[:-1]  # a manifold mesh lists each edge exactly twice
+    if not pair.any():
+        return mesh.positions.sum() * 0
+    normals = nn.functional.normalize(mesh.face_normals(), dim=-1, eps=1e-12)
+    cos = (normals[f[:-1][pair]] * normals[f[1:][pair]]).sum(-1)
+    return (1 - cos).mean()
+
+
+def laplacian_smoothness(mesh: TriMesh) -> torch.Tensor:
+    """Mean squared uniform Laplacian ‖mean(neighbours) − v‖²: pulls spikes and floaters' jagged edges in."""
+    edges, _ = mesh.edges()
+    if edges.shape[0] == 0:
+        return mesh.positions.sum() * 0
+    p = mesh.positions
+    both = torch.cat([edges, edges.flip(1)])
+    total = torch.zeros_like(p).index_add(0, both[:, 0], p[both[:, 1]])
+    degree = torch.zeros(p.shape[0], device=p.device, dtype=p.dtype).index_add(
+        0, both[:, 0], torch.ones(both.shape[0], device=p.device, dtype=p.dtype))
+    lap = total / degree.clamp(min=1)[:, None] - p
+    return (lap ** 2).sum(-1).mean()
+
+
+def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) -> TriMesh:
+    """Differentiable marching tetrahedra of the level set sdf = 0 (inside where sdf < 0).
+
+    Surface vertices sit on grid edges whose ends differ in sign, at the linear zero crossing of the SDF, and are
+    shared by all the tetrahedra around that edge, so the mesh is watertight. Gradients flow to `positions` and
+    `sdf` through the crossing points.
+    """
+    device = positions.device
+    inside = sdf < 0
+    code_v = inside[tets]  # [T,4]
+    n_in = code_v.sum(-1)
+    keep = (n_in > 0) & (n_in < 4)
+    tets = tets[keep]
+    if tets.shape[0] == 0:
+        return TriMesh(positions.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.long, device=device))
+    code = (code_v[keep].long() * torch.tensor([1, 2, 4, 8], device=device)).sum(-1)
+
+    local = torch.tensor(TET_EDGES, device=device)
+    edges = tets[:, local].reshape(-1, 2)  # [T*6, 2] global vertex pairs
+    edges = torch.sort(edges, dim=-1).values
+    n_vert = positions.shape[0]
+    keys = edges[:, 0] * n_vert + edges[:, 1]
+    uniq, edge_id = torch.unique(keys, return_inverse=True)
+    a, b = uniq // n_vert, uniq % n_vert
+    crossing = inside[a] != inside[b]
+    # Number only the crossing edges; those are the mesh's vertices.
+    vert_id = torch.cumsum(crossing.long(), 0) - 1
+    a, b = a[crossing], b[crossing]
+    sa, sb = sdf[a][:, None], sdf[b][:, None]
+    verts = (positions[a] * sb - positions[b] * sa) / (sb - sa)
+
+    edge_vert = vert_id[edge_id].reshape(-1, 6)  # [T,6] mesh vertex of each tet edge (junk where not crossing)
+    tri_local = TRI_TABLE.to(device)[code]  # [T,2,3]
+    count = TRI_COUNT.to(device)[code]
+    faces = torch.gather(edge_vert[:, None, :].expand(-1, 2, -1), 2, tri_local.clamp(min=0))
+    faces = torch.cat([faces[:, 0], faces[count == 2, 1]])
+    return TriMesh(verts, faces)
+
+
+@dataclass
+class TetGrid:
+    """The fixed grid DMTet lives on; built once and shared by all particles (it is large at res 128)."""
+
+    vertices: torch.Tensor  # [V,3]
+    tets: torch.Tensor  # [T,4]
+    boundary: torch.Tensor  # [V] bool: vertices on the cube's faces
+    res: int
+    bound: float
+
+    @classmethod
+    def build(cls, res: int, bound: float, device: torch.device | str = "cpu") -> "TetGrid":
+        verts, tets = make_tet_grid(res, bound)
+        boundary = (verts.abs() >= bound * (1 - 1e-6)).any(-1)
+        return cls(verts.to(device), tets.to(device), boundary.to(device), res, bound)
+
+    @property
+    def cell(self) -> float:
+        return 2.0 * self.bound / self.res
+
+
+class DMTet(nn.Module):
+    """Per-vertex SDF and bounded deformation on a tetrahedral grid.
+
+    The deformation moves each vertex at most half a cell (tanh), so tetrahedra rarely invert and the surface
+    stays where the grid can resolve it.
+    """
+
+    def __init__(self, grid: TetGrid):
+        super().__init__()
+        self.grid = grid
+        n = grid.vertices.shape[0]
+        self.sdf = nn.Parameter(torch.zeros(n, device=grid.vertices.device))
+        self.deform = nn.Parameter(torch.zeros(n, 3, device=grid.vertices.device))
+
+    def vertices(self) -> torch.Tensor:
+        return self.grid.vertices + 0.5 * self.grid.cell * torch.tanh(self.deform)
+
+    def level(self) -> torch.Tensor:
+        """The SDF with the grid's boundary kept outside, so the surface is always closed."""
+        return torch.where(self.grid.boundary, self.sdf.clamp(min=1e-4 * self.grid.cell), self.sdf)
+
+    def mesh(self) -> TriMesh:
+        return marching_tets(self.vertices(), self.level(), self.grid.tets)
+
+    @torch.no_grad()
+    def init_from_density(self, density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float,
+                          chunk: int = 1 << 18) -> None:
+        """Start from the NeRF's level set density = threshold: sdf ∝ threshold − σ(x) at each grid vertex.
+
+        The zero set and the crossing points (linear interpolation along edges) do not depend on a positive
+        scale, so the raw difference is rescaled to metres: divided by the median gradient norm of its linear
+        interpolant over the tetrahedra the surface crosses. Near the surface the SDF then reads as a distance,
+        and a learning rate means a distance.
+        """
+        verts, tets = self.grid.vertices, self.grid.tets
+        sigma = torch.cat([density_fn(verts[i:i + chunk]).reshape(-1).float()
+                           for i in range(0, verts.shape[0], chunk)])
+        raw = threshold - sigma
+        inside = (raw < 0)[tets].sum(-1)
+        crossed = tets[(inside > 0) & (inside < 4)]
+        if crossed.shape[0]:
+            p, v = verts[crossed], raw[crossed]
+            grad = torch.linalg.solve(p[:, 1:] - p[:, :1], v[:, 1:] - v[:, :1])
+            scale = grad.norm(dim=-1).median().clamp(min=1e-6)
+        else:
+            scale = raw.abs().max().clamp(min=1e-6) / self.grid.bound
+        self.sdf.copy_(raw / scale)
+        self.deform.zero_()

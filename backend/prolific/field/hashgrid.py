@@ -1,0 +1,177 @@
+"""Multiresolution hash encoding (Instant-NGP, Müller et al. 2022).
+
+`make_hash_encoding` returns tiny-cuda-nn's fused HashGrid when it is importable and the module will live on a
+CUDA device, else `TorchHashGrid`, our vectorised PyTorch version (the one CPU tests exercise). Both take
+points in [0,1]^3 and return fp32 features [N, n_levels * n_features].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Instant-NGP's spatial hash primes (the first is 1 so neighbouring x stay coherent in memory).
+_PRIMES = (1, 2654435761, 805459861)
+INIT_SCALE = 1e-4
+
+
+def level_scale(n_levels: int, base_res: int, max_res: int) -> float:
+    """Growth factor b between consecutive levels so that level L-1 has resolution max_res."""
+    if n_levels <= 1:
+        return 1.0
+    return math.exp((math.log(max_res) - math.log(base_res)) / (n_levels - 1))
+
+
+class TorchHashGrid(nn.Module):
+    """Hash grid in plain PyTorch, vectorised over levels: one gather fetches all levels' 8 corners.
+
+    Level l has res_l = floor(base_res * b^l) cells per axis, i.e. (res_l + 1)^3 vertices. Levels whose vertices
+    fit in the table are indexed densely (no collisions); finer ones use the spatial hash. Features are
+    trilinearly interpolated, so the output is continuous in x and each point's gradient reaches only its
+    8 corners per level. The lookup runs in chunks through `_HashGridFunction`, which keeps only x for backward;
+    gradients flow to the table and to x (first order only).
+    """
+
+    impl = "torch"
+
+    def __init__(self, n_levels: int = 16, n_features: int = 2, log2_size: int = 19, base_res: int = 16,
+                 max_res: int = 2048):
+        super().__init__()
+        self.n_levels, self.n_features = n_levels, n_features
+        self.out_dim = n_levels * n_features
+        table = 2 ** log2_size
+        b = level_scale(n_levels, base_res, max_res)
+        res = [int(math.floor(base_res * b ** level + 1e-6)) for level in range(n_levels)]
+        dense = [(r + 1) ** 3 <= table for r in res]
+        sizes = [(r + 1) ** 3 if d else table for r, d in zip(res, dense)]
+        offsets = [0]
+        for s in sizes[:-1]:
+            offsets.append(offsets[-1] + s)
+        self.resolutions = res
+        self.n_dense = sum(dense)  # levels grow finer, so the dense ones come first
+        # Per level and axis the multiplier of a vertex coordinate: strides (1, R+1, (R+1)^2) for dense levels,
+        # the hash primes otherwise. A vertex's row is the sum (dense) or XOR (hashed) of the three products
+        # masked to the table, plus the level's offset. Masking each product first is exact for both: dense rows
+        # are below the table size, and masking commutes with XOR.
+        mult = [[1, r + 1, (r + 1) ** 2] if d else list(_PRIMES) for r, d in zip(res, dense)]
+        self.register_buffer("_res", torch.tensor(res, dtype=torch.int64), persistent=False)
+        self.register_buffer("_dense", torch.tensor(dense), persistent=False)
+        self.register_buffer("_mult", torch.tensor(mult, dtype=torch.int64), persistent=False)
+        self.register_buffer("_offsets", torch.tensor(offsets, dtype=torch.int32), persistent=False)
+        self._mask = table - 1
+        self.params = nn.Parameter(torch.empty(sum(sizes), n_features).uniform_(-INIT_SCALE, INIT_SCALE))
+
+    def corners(self, x: torch.Tensor, with_dx: bool = False):
+        """Table rows [L,8,N] (int64) and trilinear weights [L,8,N] of the 8 corners per level for x [N,3] in
+        [0,1]; with_dx also the weights' derivatives d w / d x [3,L,8,N]. Corner c = 4*cx + 2*cy + cz."""
+        n, n_levels, k = x.shape[0], self.n_levels, self.n_dense
+        res = self._res.to(x.dtype)[:, None, None]
+        # Points are the innermost dimension throughout, so every broadcast below runs over contiguous memory.
+        pos = res * x.T  # [L,3,N]
+        base = torch.minimum(pos.floor().long(), self._res[:, None, None] - 1)  # x = 1 lies in the last cell
+        frac = pos - base.to(x.dtype)
+        # Corners are separable: per axis the lower and upper vertex [L,3,2,N]; broadcasting the three axes
+        # builds the rows and weights of all 8 corners [L,2,2,2,N] with a few full-size ops.
+        coord = base[:, :, None, :] + torch.arange(2, device=x.device)[:, None]  # [L,3,2,N]
+        t = ((coord * self._mult[:, :, None, None]) & self._mask).int()
+        off = self._offsets[:, None, None, None, None]
+        tx, ty, tz = t[:, 0, :, None, None, :], t[:, 1, None, :, None, :], t[:, 2, None, None, :, :]
+        rows = torch.cat([tx[:k] + off[:k] + ty[:k] + tz[:k], (tx[k:] ^ ty[k:] ^ tz[k:]) + off[k:]])
+        wts = torch.stack([1 - frac, frac], dim=2)  # [L,3,2,N]
+        wx, wy, wz = wts[:, 0, :, None, None, :], wts[:, 1, None, :, None, :], wts[:, 2, None, None, :, :]
+        w = (wx * wy * wz).view(n_levels, 8, n)
+        dw = None
+        if with_dx:
+            sign = torch.tensor([-1.0, 1.0], device=x.device, dtype=x.dtype)
+            sx, sy, sz = sign[:, None, None, None], sign[None, :, None, None], sign[None, None, :, None]
+            dw = torch.stack([(sx * wy * wz).reshape(n_levels, 8, n), (wx * sy * wz).reshape(n_levels, 8, n),
+                              (wx * wy * sz).reshape(n_levels, 8, n)]) * res[None]
+        return rows.view(n_levels, 8, n).long(), w, dw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _HashGridFunction.apply(x.float().clamp(0.0, 1.0), self.params, self)
+
+
+class _HashGridFunction(torch.autograd.Function):
+    """Interpolated lookup in chunks of points. Backward recomputes rows and weights instead of saving them,
+    so a render of millions of samples keeps only x for the backward pass (plain autograd would keep ~64
+    bytes per point and level)."""
+
+    CHUNK_ELEMENTS = 1 << 25  # entries of one [L,8,chunk] tensor
+
+    @staticmethod
+    def forward(ctx, x, params, grid):
+        ctx.grid = grid
+        ctx.save_for_backward(x, params)
+        n, n_levels, n_feat = x.shape[0], grid.n_levels, grid.n_features
+        out = x.new_empty(n, n_levels * n_feat)
+        chunk = max(1, _HashGridFunction.CHUNK_ELEMENTS // (8 * n_levels))
+        for s in range(0, n, chunk):
+            rows, w, _ = grid.corners(x[s:s + chunk])
+            blended = (w[..., None] * params[rows]).sum(1)  # [L,m,F]
+            out[s:s + chunk] = blended.permute(1, 0, 2).reshape(-1, n_levels * n_feat)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, params = ctx.saved_tensors
+        grid = ctx.grid
+        n, n_levels, n_feat = x.shape[0], grid.n_levels, grid.n_features
+        want_x, want_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = torch.zeros_like(x) if want_x else None
+        grad_params = torch.zeros_like(params) if want_params else None
+        chunk = max(1, _HashGridFunction.CHUNK_ELEMENTS // (8 * n_levels))
+        for s in range(0, n, chunk):
+            rows, w, dw = grid.corners(x[s:s + chunk], with_dx=want_x)
+            g = grad_out[s:s + chunk].reshape(-1, n_levels, n_feat).permute(1, 0, 2)[:, None]  # [L,1,m,F]
+            if want_params:
+                grad_params.index_add_(0, rows.reshape(-1), (w[..., None] * g).reshape(-1, n_feat))
+            if want_x:
+                per_corner = (params[rows] * g).sum(-1)  # [L,8,m]
+                grad_x[s:s + chunk] = (dw * per_corner).sum((1, 2)).T
+        return grad_x, grad_params, None
+
+
+class TcnnHashGrid(nn.Module):
+    """tiny-cuda-nn's HashGrid behind the same interface (fp32 in and out, CUDA only)."""
+
+    impl = "tcnn"
+
+    def __init__(self, n_levels: int, n_features: int, log2_size: int, base_res: int, max_res: int):
+        super().__init__()
+        import tinycudann as tcnn
+
+        self.n_levels, self.n_features = n_levels, n_features
+        self.out_dim = n_levels * n_features
+        self.encoding = tcnn.Encoding(3, {
+            "otype": "HashGrid", "n_levels": n_levels, "n_features_per_level": n_features,
+            "log2_hashmap_size": log2_size, "base_resolution": base_res,
+            "per_level_scale": level_scale(n_levels, base_res, max_res),
+        }, dtype=torch.float32)
+        with torch.no_grad():
+            self.encoding.params.uniform_(-INIT_SCALE, INIT_SCALE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoding(x.float().clamp(0.0, 1.0).contiguous()).float()
+
+
+def tcnn_available() -> bool:
+    try:
+        import tinycudann  # noqa: F401
+    except Exception:  # a broken CUDA extension raises more than ImportError
+        return False
+    return True
+
+
+def make_hash_encoding(n_levels: int = 16, n_features: int = 2, log2_size: int = 19, base_res: int = 16,
+                       max_res: int = 2048, device: torch.device | str | None = None) -> nn.Module:
+    """The hash encoding for `device`: tiny-cuda-nn when importable and device is CUDA, else `TorchHashGrid`.
+
+    The module is returned on `device` (CPU when None). forward(x [N,3] in [0,1]) -> [N, out_dim] fp32."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda" and tcnn_available():
+        with torch.cuda.device(device):
+            return TcnnHashGrid(n_levels, n_features, log2_size, base_res, max_res).to(device)
+    return TorchHashGrid(n_levels, n_features, log2_size, base_res, max_res).to(device)

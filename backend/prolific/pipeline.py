@@ -1,0 +1,154 @@
+"""Runs one job: prior → stage 1 NeRF (VSD) → stage 2 geometry → stage 3 texture → export, with resume.
+
+The CLI and the server both call `run_job`; it returns the result the protocol's `result` event carries and
+writes `<out_dir>/<job>/meta.json`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .config import STAGES, JobConfig
+from .device import device_description, pick_device, pick_dtype
+from .errors import BadRequest, OutOfMemory
+from .events import Progress, Reporter
+from .stages.common import StageContext, checkpoint_done
+
+MESH_STAGES = ("geometry", "texture")
+OUT_OF_MEMORY_ADVICE = ("The GPU ran out of memory. Try a smaller preset (draft), fewer particles, or lower "
+                        "rendering resolutions (nerf.resolutions, geometry.resolution, texture.resolution).")
+
+
+def run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink: Callable[[Progress], None] | None = None,
+            cancel: threading.Event | None = None, resume: bool = False, prior: Any = None) -> dict:
+    """Run `cfg` into `<out_dir>/<job_name>`; `prior` is a loaded DiffusionPrior to reuse (else it is loaded).
+
+    Raises the errors of errors.py; a CUDA out-of-memory becomes `OutOfMemory` with advice."""
+    try:
+        return _run_job(cfg, Path(out_dir).expanduser().absolute(), job_name, sink, cancel or threading.Event(),
+                        resume, prior)
+    except torch.cuda.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        raise OutOfMemory(OUT_OF_MEMORY_ADVICE) from err
+
+
+def load_job_prior(cfg: JobConfig, device: torch.device):
+    from .prior.diffusion import load_prior
+
+    return load_prior(cfg.prior.model, device, pick_dtype(device, cfg.prior.dtype))
+
+
+def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threading.Event, resume: bool,
+             prior) -> dict:
+    job_dir = prepare_job_dir(out_dir, job_name)
+    if not resume:
+        clear_stale_state(job_dir, cfg.stages)
+    device = pick_device(cfg.device)
+    timings: dict[str, float] = previous_timings(job_dir) if resume else {}
+    started = time.monotonic()
+    if prior is None:
+        prior = load_job_prior(cfg, device)
+        timings["load_prior"] = round(time.monotonic() - started, 3)
+    prompt_emb = prior.embed_prompt(cfg.prompt, cfg.prior.negative_prompt, cfg.prior.view_dependent_prompt)
+
+    torch.manual_seed(cfg.seed)  # module initialisation draws from the global generator
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    mesh_job = any(s in MESH_STAGES for s in cfg.stages)
+    totals = {s: getattr(cfg, s).steps for s in cfg.stages}
+    if mesh_job:
+        totals["export"] = 1
+    reporter = Reporter(sink, cancel, totals)
+    ctx = StageContext(cfg, device, prior, prompt_emb, job_dir, reporter, cancel, generator, resume)
+
+    outputs, previous = None, None
+    stage_outputs: dict[str, Any] = {}
+    for stage in cfg.stages:
+        reporter.check_cancel()
+        if STAGES.index(stage) > 0 and previous != STAGES[STAGES.index(stage) - 1]:
+            outputs = load_upstream(ctx, stage)  # e.g. --stages geometry,texture after a nerf-only run
+        was_done = resume and ctx.stage_done(stage)
+        t0 = time.monotonic()
+        outputs = stage_module(stage).run(ctx, outputs)
+        stage_outputs[stage] = outputs
+        if not was_done or stage not in timings:  # a finished stage only reloads: keep its real timing
+            timings[stage] = round(time.monotonic() - t0, 3)
+        previous = stage
+
+    if mesh_job:
+        t0 = time.monotonic()
+        reporter.step("export", 0, 1)
+        from .export.result import write_result
+
+        objects = write_result(ctx, outputs)
+        timings["export"] = round(time.monotonic() - t0, 3)
+        reporter.step("export", 1, 1)
+    else:
+        nerf_out = stage_outputs["nerf"]
+        objects = [{"checkpoint": str(nerf_out["checkpoint"]), "turntable": [str(p) for p in views]}
+                   for views in nerf_out["turntables"]]
+    timings["total"] = round(time.monotonic() - started, 3)
+
+    meta_path = job_dir / "meta.json"
+    meta = {"prompt": cfg.prompt, "negative_prompt": cfg.prior.negative_prompt, "seed": cfg.seed,
+            "preset": cfg.preset, "model": cfg.prior.model, "stages": list(cfg.stages),
+            "settings": cfg.to_dict(), "timings": timings, "backend": __version__,
+            "device": device_description(device), "objects": objects}
+    meta_path.write_text(json.dumps(meta, indent=2, default=str))
+    return {"job_dir": str(job_dir), "meta": str(meta_path), "previews": str(job_dir / "previews"),
+            "objects": objects}
+
+
+def stage_module(stage: str):
+    return importlib.import_module(f"prolific.stages.{stage}")
+
+
+def prepare_job_dir(out_dir: Path, job_name: str) -> Path:
+    """Create the job folder, failing with the folder named when it cannot be written."""
+    if not job_name or job_name in (".", "..") or "/" in job_name or "\\" in job_name:
+        raise BadRequest(f"The job name '{job_name}' must be a plain folder name.")
+    job_dir = out_dir / job_name
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        probe = job_dir / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise BadRequest(f"Cannot write to the output folder {job_dir}: {err.strerror or err}.") from None
+    return job_dir
+
+
+def clear_stale_state(job_dir: Path, stages: tuple[str, ...]) -> None:
+    """A fresh run replaces the checkpoints and previews of the stages it runs and of every stage after them,
+    so that a later --resume never mixes them with results of an earlier run."""
+    first = STAGES.index(stages[0])
+    for stage in STAGES[first:]:
+        (job_dir / "checkpoints" / f"{stage}.pt").unlink(missing_ok=True)
+        for preview in (job_dir / "previews").glob(f"{stage}_*.png"):
+            preview.unlink()
+
+
+def load_upstream(ctx: StageContext, stage: str) -> Any:
+    """A stage whose predecessor is not part of the job (e.g. --stages geometry,texture after a nerf-only run)
+    continues from that predecessor's finished checkpoint in the same job folder; the predecessor's `run` only
+    reloads its outputs from it (and so needs no inputs)."""
+    previous = STAGES[STAGES.index(stage) - 1]
+    path = ctx.checkpoint_path(previous)
+    if not checkpoint_done(path):
+        raise BadRequest(f"The {stage} stage starts from a finished {previous} stage, but {path} is missing or "
+                         f"unfinished: include the {previous} stage (--stages {previous},{stage}...).")
+    upstream = StageContext(**{**ctx.__dict__, "resume": True})
+    return stage_module(previous).run(upstream, None)
+
+
+def previous_timings(job_dir: Path) -> dict[str, float]:
+    try:
+        return dict(json.loads((job_dir / "meta.json").read_text())["timings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}

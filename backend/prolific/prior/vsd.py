@@ -1,0 +1,229 @@
+"""Variational Score Distillation (and SDS as its special case) for the 3D stages.
+
+VSD (ProlificDreamer) pushes each rendered particle along w(t)(ε_pretrained − ε_φ), where ε_φ is the score of
+the particles' own renders, estimated by the pretrained UNet plus a LoRA that is trained alongside on those
+renders, conditioned on the camera. SDS (DreamFusion) replaces ε_φ by the injected noise ε.
+
+The LoRA lives on the SAME UNet as the pretrained branch (peft adapter "vsd"): the pretrained branch runs with
+the adapter disabled, ε_φ with it enabled, so no second copy of the UNet is ever held. The camera (its c2w
+matrix, flattened) goes through a small MLP whose output is added to the UNet's time embedding while ε_φ runs;
+its last layer starts at zero and the LoRA's B matrices start at zero, so ε_φ starts as the pretrained model.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+
+from ..config import PriorConfig
+from .diffusion import DiffusionPrior, PromptEmbeddings
+
+ADAPTER = "vsd"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def time_range(cfg: PriorConfig, step: int, total_steps: int) -> tuple[float, float]:
+    """Fractions (t_min, t_max) of the diffusion time for this step: the wide range U(t_min, t_max) for the first
+    anneal_fraction of the steps, then U(t_min, t_max_annealed) (the paper: 0.98 → 0.50 after 5k of 25k)."""
+    if step < cfg.anneal_fraction * total_steps:
+        return cfg.t_min, cfg.t_max
+    return cfg.t_min, cfg.t_max_annealed
+
+
+def vsd_gradient(eps_pretrained: torch.Tensor, eps_phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """w(t)(ε_pretrained − ε_φ), with non-finite entries zeroed so one bad sample cannot poison the scene."""
+    return torch.nan_to_num(w * (eps_pretrained - eps_phi), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class CameraEmbedding(nn.Module):
+    """c2w [B,4,4] → [B, time_embed_dim], added to the UNet's time embedding. Zero at initialisation."""
+
+    def __init__(self, out_dim: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, c2w: torch.Tensor) -> torch.Tensor:
+        return self.net(c2w.reshape(-1, 16).float())
+
+
+class ScoreDistillation:
+    """Turns renders into a loss whose gradient w.r.t. the renders' model-space x0 is the VSD/SDS direction."""
+
+    def __init__(self, prior: DiffusionPrior, cfg: PriorConfig, guidance: str):
+        if guidance not in ("vsd", "sds"):
+            raise ValueError(f"Unknown guidance '{guidance}': use vsd or sds.")
+        self.prior, self.cfg, self.guidance = prior, cfg, guidance
+        self._batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._batch_used = False
+        self._camera_emb: torch.Tensor | None = None
+        self._hook = None
+        self.camera: CameraEmbedding | None = None
+        self.lora_params: dict[str, nn.Parameter] = {}
+        self.optimizer = None
+        if guidance == "vsd":
+            self._attach_estimator()
+
+    # -- the estimator ε_φ: LoRA + camera embedding on the prior's own UNet --------------------------------
+
+    def _attach_estimator(self) -> None:
+        from peft import LoraConfig
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        unet = self.prior.unet
+        if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
+            unet.delete_adapters(ADAPTER)  # a previous job's estimator: start afresh
+        rank = self.cfg.lora_rank
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=LORA_TARGETS),
+                         adapter_name=ADAPTER)
+        self._tuner_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+        self._set_adapter(False)
+        # LoRA weights train in fp32 whatever the UNet's dtype (peft casts the activations to them).
+        for name, param in unet.named_parameters():
+            if f"lora_A.{ADAPTER}." in name or f"lora_B.{ADAPTER}." in name:
+                param.data = param.data.float()
+                param.requires_grad_(True)
+                self.lora_params[name] = param
+        params = list(self.lora_params.values())
+        if self.cfg.camera_condition:
+            time_dim = unet.time_embedding.linear_2.out_features
+            self.camera = CameraEmbedding(time_dim).to(self.prior.device)
+            self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
+            params += list(self.camera.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lora_lr)
+
+    def _set_adapter(self, enabled: bool) -> None:
+        for layer in self._tuner_layers:
+            layer.enable_adapters(enabled)
+
+    def _add_camera(self, module, inputs, output):
+        if self._camera_emb is None:
+            return output
+        return output + self._camera_emb.to(output.dtype)
+
+    @contextlib.contextmanager
+    def _estimator(self, c2w: torch.Tensor):
+        """While inside, the UNet is ε_φ: adapter on, camera embedding added to the time embedding."""
+        self._set_adapter(True)
+        if self.camera is not None:
+            self._camera_emb = self.camera(c2w.to(self.prior.device))
+        try:
+            yield
+        finally:
+            self._set_adapter(False)
+            self._camera_emb = None
+
+    def eps_phi(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+        """ε_φ(x_t, t, c, y): the LoRA branch, conditional only (CFG scale 1, as threestudio's VSD)."""
+        with self._estimator(c2w):
+            return self.prior.unet_eps(x_t, t, cond)
+
+    # -- the particles' gradient ----------------------------------------------------------------------------
+
+    def _sample_t(self, n: int, lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
+        T = self.prior.num_train_timesteps
+        t_lo, t_hi = int(lo * T), min(int(hi * T), T - 1)
+        gen_device = generator.device if generator is not None else "cpu"
+        return torch.randint(t_lo, t_hi + 1, (n,), generator=generator, device=gen_device).to(self.prior.device)
+
+    def _noise(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        gen_device = generator.device if generator is not None else "cpu"
+        return torch.randn(like.shape, generator=generator, device=gen_device).to(like.device)
+
+    def loss(self, images: torch.Tensor, c2w: torch.Tensor, directions: list[str], prompt: PromptEmbeddings,
+             step: int, total_steps: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Score-distillation loss of renders [B,3,H,W] in [0,1] seen from cameras c2w [B,4,4].
+
+        d loss / d x0_i = w(t_i)(ε_pretrained − ε_φ)_i / B, with x0 the renders in the UNet's input space:
+        loss = ½‖x0 − sg(x0 − g)‖² / B, the batch mean as in threestudio, so the gradient does not grow with the
+        number of particles. w(t) = σ_t² = 1 − ᾱ_t (DreamFusion's choice, threestudio's `1 - alphas[t]`).
+        ε_φ is the LoRA estimator under VSD and the injected noise under SDS; the pretrained branch uses
+        cfg.guidance_scale under VSD and cfg.sds_guidance_scale under SDS.
+        """
+        prior, cfg = self.prior, self.cfg
+        x0 = prior.encode_images(images)
+        B = x0.shape[0]
+        t_lo, t_hi = time_range(cfg, step, total_steps)
+        t = self._sample_t(B, t_lo, t_hi, generator)
+        noise = self._noise(x0, generator)
+        cond, uncond = prompt.get(directions)
+        with torch.no_grad():
+            ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+            x_t = ab.sqrt() * x0.detach() + (1 - ab).sqrt() * noise
+            if self.guidance == "vsd":
+                eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.guidance_scale)
+                eps_phi = self.eps_phi(x_t, t, cond, c2w)
+            else:
+                eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.sds_guidance_scale)
+                eps_phi = noise
+            grad = vsd_gradient(eps_pre, eps_phi, 1 - ab)
+        target = (x0 - grad).detach()
+        loss = 0.5 * ((x0 - target) ** 2).sum() / B
+        if self.guidance == "vsd":
+            if self._batch_used:
+                self._batch, self._batch_used = [], False
+            self._batch.append((x0.detach(), c2w.detach().to(prior.device).float(), cond.detach()))
+        info = {"t": t.float().mean().item(), "t_range": (t_lo, t_hi), "grad_norm": grad.norm().item()}
+        return loss, info
+
+    # -- the estimator's own training -----------------------------------------------------------------------
+
+    def update_estimator(self, generator: torch.Generator | None = None) -> float:
+        """One AdamW step of the LoRA + camera MLP on the renders stored by `loss` since the last update (all
+        particles), at its own random t over the whole range [t_min, t_max]: min ‖ε_φ(x_t, t, c, y) − ε‖²."""
+        if self.guidance != "vsd" or not self._batch:
+            return 0.0
+        shape = self._batch[-1][0].shape[1:]
+        batch = [b for b in self._batch if b[0].shape[1:] == shape]
+        x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
+        self._batch_used = True
+        t = self._sample_t(x0.shape[0], self.cfg.t_min, self.cfg.t_max, generator)
+        noise = self._noise(x0, generator)
+        ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        self.optimizer.zero_grad(set_to_none=True)
+        # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
+        with self._estimator(c2w):
+            loss = ((self.prior.unet_eps(x_t, t, cond) - noise) ** 2).mean()
+            loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        if self.guidance != "vsd":
+            return {"guidance": self.guidance}
+        return {
+            "guidance": self.guidance,
+            "lora": {name: p.detach().cpu().clone() for name, p in self.lora_params.items()},
+            "camera": self.camera.state_dict() if self.camera is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("guidance") != self.guidance:
+            raise ValueError(f"Checkpoint holds a '{state.get('guidance')}' estimator, not '{self.guidance}'.")
+        if self.guidance != "vsd":
+            return
+        missing = set(self.lora_params) ^ set(state["lora"])
+        if missing:
+            raise ValueError(f"LoRA checkpoint does not match this UNet ({len(missing)} tensors differ).")
+        with torch.no_grad():
+            for name, param in self.lora_params.items():
+                param.copy_(state["lora"][name])
+        if self.camera is not None and state.get("camera") is not None:
+            self.camera.load_state_dict(state["camera"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def close(self) -> None:
+        """Detach the estimator from the shared UNet (the prior stays loaded for the next job)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self.lora_params:
+            self.prior.unet.delete_adapters(ADAPTER)
+            self.lora_params = {}
+        self._batch = []

@@ -1,0 +1,194 @@
+"""Volume rendering of the NeRF: ray–box intersection, occupancy-grid skipping, stratified samples, compositing
+and shading (albedo / lambertian / textureless).
+
+With an occupancy grid, each ray's samples are spread only over the stretch of the ray between its first and
+last occupied cell (so the samples land on the object, not on empty space), and samples that still fall in
+empty cells get zero density without running the network.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .cameras import Cameras
+
+AMBIENT = 0.1
+DIFFUSE = 0.9
+SHADINGS = ("albedo", "lambertian", "textureless")
+_CHUNK = 1 << 18  # points per density-function call while updating the grid
+_PROBE_CHUNK = 1 << 22  # grid lookups per step while finding each ray's occupied stretch
+
+
+def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Uniform [0,1) numbers on `device`, drawn from `generator` (on its own device) when one is given."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+class OccupancyGrid(nn.Module):
+    """A res^3 grid over [-bound, bound]^3 marking where density may be non-zero.
+
+    `update` keeps an exponential moving maximum of each cell's density like instant-ngp (old * decay vs new,
+    whichever is larger), sampled at the cell's 8 corners and one random point inside it; a cell is occupied while
+    that value exceeds min(threshold, mean density). Index order of the grids is [x, y, z]."""
+
+    def __init__(self, res: int, bound: float, threshold: float = 0.01, decay: float = 0.95):
+        super().__init__()
+        self.res, self.bound, self.threshold, self.decay = int(res), float(bound), float(threshold), float(decay)
+        self.register_buffer("density", torch.full((res, res, res), float("inf")))
+        self.register_buffer("occupied", torch.ones(res, res, res, dtype=torch.bool))
+
+    @property
+    def occupied_fraction(self) -> float:
+        return float(self.occupied.float().mean())
+
+    def _eval(self, density_fn, pts: torch.Tensor) -> torch.Tensor:
+        return torch.cat([density_fn(chunk).float() for chunk in pts.split(_CHUNK)])
+
+    @torch.no_grad()
+    def update(self, density_fn, generator: torch.Generator | None = None) -> None:
+        """Refresh the grid from density_fn(x [N,3] world) -> sigma [N]."""
+        res, device = self.res, self.density.device
+        lin = torch.linspace(-self.bound, self.bound, res + 1, device=device)
+        verts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)
+        at_verts = self._eval(density_fn, verts).reshape(1, 1, res + 1, res + 1, res + 1)
+        corner_max = nn.functional.max_pool3d(at_verts, kernel_size=2, stride=1)[0, 0]  # [res,res,res]
+        cell = 2 * self.bound / res
+        idx = torch.stack(torch.meshgrid(*(torch.arange(res, device=device),) * 3, indexing="ij"), -1).reshape(-1, 3)
+        u = _rand(idx.shape, generator, device)
+        inner = self._eval(density_fn, -self.bound + (idx + u) * cell).reshape(res, res, res)
+        new = torch.maximum(corner_max, inner)
+        old = torch.where(torch.isinf(self.density), torch.zeros_like(new), self.density * self.decay)
+        self.density.copy_(torch.maximum(old, new))
+        threshold = min(self.threshold, float(self.density.mean()))
+        self.occupied.copy_(self.density > threshold)
+
+    def lookup(self, pts: torch.Tensor) -> torch.Tensor:
+        """Whether each world point [...,3] lies in an occupied cell (False outside the cube)."""
+        inside = (pts.abs() <= self.bound).all(-1)
+        ijk = ((pts + self.bound) / (2 * self.bound) * self.res).long().clamp(0, self.res - 1)
+        flat = (ijk[..., 0] * self.res + ijk[..., 1]) * self.res + ijk[..., 2]
+        return inside & self.occupied.reshape(-1)[flat]
+
+
+def ray_aabb(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entry and exit distances [R] of rays through the cube [-bound, bound]^3 (entry clamped to >= 0);
+    a ray misses when exit <= entry."""
+    safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    t0 = (-bound - origins) / safe
+    t1 = (bound - origins) / safe
+    near = torch.minimum(t0, t1).amax(-1).clamp_min(0.0)
+    far = torch.maximum(t0, t1).amin(-1)
+    return near, far
+
+
+@torch.no_grad()
+def _occupied_span(grid: OccupancyGrid, origins, dirs, near, far) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrink [near, far] of each ray to the stretch between its first and last occupied cell (probing at half
+    a cell), padded by one probe step; rays through empty cells only get far = near."""
+    n_probe = int(math.ceil(2 * math.sqrt(3) * grid.res)) + 1
+    lo_out, hi_out = [], []
+    k = torch.arange(n_probe, device=origins.device, dtype=origins.dtype)
+    for o, d, lo, hi in zip(*(t.split(max(1, _PROBE_CHUNK // n_probe)) for t in (origins, dirs, near, far))):
+        step = ((hi - lo) / n_probe)[:, None]
+        t = lo[:, None] + (k + 0.5) * step  # [r,P]
+        occ = grid.lookup(o[:, None, :] + t[..., None] * d[:, None, :])
+        any_occ = occ.any(-1)
+        first = torch.where(occ, k, float(n_probe)).amin(-1)
+        last = torch.where(occ, k, -1.0).amax(-1)
+        new_lo = torch.maximum(lo, lo + first * step[:, 0] - step[:, 0])
+        new_hi = torch.minimum(hi, lo + (last + 1) * step[:, 0] + step[:, 0])
+        lo_out.append(torch.where(any_occ, new_lo, lo))
+        hi_out.append(torch.where(any_occ, new_hi, lo))
+    return torch.cat(lo_out), torch.cat(hi_out)
+
+
+def _background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> torch.Tensor:
+    if isinstance(background, nn.Module):
+        return background(dirs)
+    if background is None:
+        return torch.ones_like(dirs)
+    bg = torch.as_tensor(background, dtype=dirs.dtype, device=dirs.device)
+    return bg.expand(dirs.shape[0], 3) if bg.dim() == 1 else bg[ray_batch]
+
+
+def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str = "albedo",
+                occupancy: OccupancyGrid | None = None, samples_per_ray: int = 64,
+                light_dir: torch.Tensor | None = None, jitter: bool | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Render B = len(cameras) images of the field.
+
+    background: a module dirs [N,3] -> rgb [N,3] (e.g. `Background`), a fixed colour [3] or [B,3], or None
+    (white).
+    light_dir: unit direction toward a directional light, [3] or [B,3] world; None = from each camera.
+    jitter: random positions inside each sample's bin (training); None = jitter when nerf.training.
+    Returns rgb [B,3,H,W], opacity [B,1,H,W], depth [B,1,H,W] (opacity-normalised distance along the ray,
+    0 where nothing is hit) and, for lambertian/textureless, normal [B,3,H,W] (composited world normals).
+    """
+    if shading not in SHADINGS:
+        raise ValueError(f"Unknown shading '{shading}': use one of {', '.join(SHADINGS)}.")
+    jitter = nerf.training if jitter is None else jitter
+    B, S = len(cameras), int(samples_per_ray)
+    origins, dirs = cameras.rays(H, W)
+    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    R, device = origins.shape[0], origins.device
+    ray_batch = torch.arange(B, device=device).repeat_interleave(H * W)
+
+    near, far = ray_aabb(origins, dirs, nerf.bound)
+    far = torch.maximum(far, near)
+    if occupancy is not None:
+        near, far = _occupied_span(occupancy, origins, dirs, near, far)
+    if jitter:
+        u = _rand((R, S), generator, device)
+    else:
+        u = torch.full((R, S), 0.5, device=device)
+    delta = ((far - near) / S)[:, None]  # [R,1]
+    t = near[:, None] + (torch.arange(S, device=device) + u) * delta  # [R,S]
+    pts = origins[:, None, :] + t[..., None] * dirs[:, None, :]  # [R,S,3]
+
+    mask = (far > near)[:, None].expand(R, S)
+    if occupancy is not None:
+        mask = mask & occupancy.lookup(pts)
+    sel = mask.reshape(-1).nonzero().squeeze(1)
+
+    need_normals = shading != "albedo"
+    sigma = torch.zeros(R * S, device=device)
+    color = torch.zeros(R * S, 3, device=device)
+    normal = torch.zeros(R * S, 3, device=device) if need_normals else None
+    if sel.numel() > 0:
+        x = pts.reshape(-1, 3)[sel]
+        if need_normals:
+            sigma_s, albedo_s, n_s = nerf(x, with_normal=True)
+            if light_dir is None:
+                light = cameras.position / cameras.position.norm(dim=-1, keepdim=True)  # [B,3]
+            else:
+                light = torch.as_tensor(light_dir, dtype=x.dtype, device=device).reshape(-1, 3).expand(B, 3)
+            sample_batch = ray_batch[sel // S]
+            lit = AMBIENT + DIFFUSE * (n_s * light[sample_batch]).sum(-1, keepdim=True).clamp_min(0.0)
+            albedo_s = lit * (albedo_s if shading == "lambertian" else torch.ones_like(albedo_s))
+            normal = normal.index_put((sel,), n_s)
+        else:
+            sigma_s, albedo_s = nerf(x)
+        sigma = sigma.index_put((sel,), sigma_s.float())
+        color = color.index_put((sel,), albedo_s.float())
+
+    sigma_delta = sigma.reshape(R, S) * delta
+    alpha = 1 - torch.exp(-sigma_delta)
+    before = torch.cat([torch.zeros_like(sigma_delta[:, :1]), torch.cumsum(sigma_delta[:, :-1], dim=1)], dim=1)
+    trans = torch.exp(-before)  # light reaching each sample
+    weights = alpha * trans  # [R,S]
+    opacity = weights.sum(1, keepdim=True)
+    rgb = (weights[..., None] * color.reshape(R, S, 3)).sum(1)
+    rgb = rgb + (1 - opacity) * _background_rgb(background, dirs, ray_batch)
+    depth = (weights * t).sum(1, keepdim=True) / opacity.clamp_min(1e-6)
+
+    def image(v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+
+    out = {"rgb": image(rgb), "opacity": image(opacity), "depth": image(depth)}
+    if need_normals:
+        out["normal"] = image((weights[..., None] * normal.reshape(R, S, 3)).sum(1))
+    return out

@@ -1,0 +1,192 @@
+"""Stage 1: n NeRF particles optimised with VSD (or SDS) against the diffusion prior.
+
+Every particle has its own NeRF, background, occupancy grid and Adam optimizer; all share one score estimator
+(the LoRA ε_φ learns the distribution of all particles' renders). One iteration renders every particle from its
+own random camera, takes one particle step on the distillation loss, then one estimator step (PAPER.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import JobConfig, NerfConfig
+from ..errors import BadRequest, Cancelled
+from ..field.nerf import Background, NeRF
+from ..prior.vsd import ScoreDistillation
+from ..render.cameras import orbit_cameras, sample_cameras, sample_light_dirs
+from ..render.volume import OccupancyGrid, render_nerf
+from .common import StageContext, rng_state, save_png, set_rng_state
+
+STAGE = "nerf"
+SHADINGS = ("albedo", "lambertian", "textureless")
+TURNTABLE_ELEVATION_DEG = 15.0
+
+
+@dataclass
+class Particle:
+    nerf: NeRF
+    background: Background
+    occupancy: OccupancyGrid
+    optimizer: torch.optim.Optimizer
+
+
+def resolution_at(cfg: NerfConfig, step: int) -> int:
+    """The rendering resolution of a step: each milestone switches to the next entry of cfg.resolutions."""
+    return cfg.resolutions[sum(1 for m in cfg.resolution_milestones if step >= m)]
+
+
+def make_particle(cfg: NerfConfig, device: torch.device) -> Particle:
+    nerf = NeRF(cfg, device=device)
+    background = Background(cfg).to(device)
+    # Adam with a tiny eps as Instant-NGP uses for hash tables: rarely touched entries still move.
+    params = list(nerf.parameters()) + list(background.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
+    occupancy = OccupancyGrid(cfg.occupancy_res, cfg.bound, cfg.occupancy_threshold).to(device)
+    return Particle(nerf, background, occupancy, optimizer)
+
+
+def pick_shading(probabilities: tuple[float, float, float], generator: torch.Generator) -> str:
+    u = torch.rand((), generator=generator, device=generator.device).item()
+    cumulative = 0.0
+    for name, p in zip(SHADINGS, probabilities):
+        cumulative += p
+        if u < cumulative:
+            return name
+    return SHADINGS[-1]
+
+
+def update_occupancy(particles: list[Particle], generator: torch.Generator) -> None:
+    with torch.no_grad():
+        for p in particles:
+            p.occupancy.update(p.nerf.density, generator=generator)
+
+
+def run(ctx: StageContext, inputs: dict | None = None) -> dict:
+    cfg, ncfg = ctx.cfg, ctx.cfg.nerf
+    particles = [make_particle(ncfg, ctx.device) for _ in range(cfg.particles)]
+    state = ctx.load_checkpoint(STAGE)
+    start = 0
+    if state is not None:
+        check_compatible(state, cfg, ctx.checkpoint_path(STAGE))
+        load_particles(state, particles)
+        set_rng_state(ctx.generator, state["rng"])
+        start = min(state["step"], ncfg.steps)
+    ctx.reporter.step(STAGE, start, ncfg.steps)
+    trained = start < ncfg.steps
+    if trained:
+        estimator = ScoreDistillation(ctx.prior, cfg.prior, cfg.prior.guidance)
+        try:
+            if state is not None:
+                estimator.load_state_dict(state["estimator"])
+            train(ctx, particles, estimator, start)
+        finally:
+            estimator.close()  # the prior's UNet is shared with later stages and jobs
+    turntables = [write_turntable(ctx, p, ctx.object_dir(k), again=trained) for k, p in enumerate(particles)]
+    return {"nerfs": [p.nerf for p in particles], "backgrounds": [p.background for p in particles],
+            "occupancy": [p.occupancy for p in particles], "checkpoint": ctx.checkpoint_path(STAGE),
+            "turntables": turntables}
+
+
+def train(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation, start: int) -> None:
+    ncfg, total = ctx.cfg.nerf, ctx.cfg.nerf.steps
+    if start == 0:
+        update_occupancy(particles, ctx.generator)
+    done = start
+    try:
+        for step in range(start, total):
+            ctx.reporter.check_cancel()
+            rgb = train_step(ctx, particles, estimator, step)
+            done = step + 1
+            if done % ncfg.occupancy_every == 0:
+                update_occupancy(particles, ctx.generator)
+            preview = None
+            if done % ncfg.preview_every == 0 or done == total:
+                preview = save_png(rgb[0], ctx.preview_path(STAGE, done))
+            if done % ncfg.checkpoint_every == 0 or done == total:
+                save(ctx, particles, estimator, done)
+            ctx.reporter.step(STAGE, done, total, preview)
+    except Cancelled:
+        # Keep the finished steps so that --resume continues from here.
+        if done > start and done % ncfg.checkpoint_every != 0 and done != total:
+            save(ctx, particles, estimator, done)
+        raise
+
+
+def train_step(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation,
+               step: int) -> torch.Tensor:
+    ncfg = ctx.cfg.nerf
+    res = resolution_at(ncfg, step)
+    cameras = sample_cameras(len(particles), ncfg, ctx.generator, ctx.device)
+    lights = sample_light_dirs(cameras, ctx.generator)
+    images = []
+    for k, p in enumerate(particles):
+        out = render_nerf(p.nerf, p.background, cameras[k], res, res,
+                          shading=pick_shading(ncfg.shading, ctx.generator), occupancy=p.occupancy,
+                          samples_per_ray=ncfg.samples_per_ray, light_dir=lights[k:k + 1],
+                          generator=ctx.generator)
+        images.append(out["rgb"])
+    images = torch.cat(images)
+    loss, _ = estimator.loss(images, cameras.c2w, cameras.directions(), ctx.prompt_emb, step, ncfg.steps,
+                             ctx.generator)
+    for p in particles:
+        p.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for p in particles:
+        p.optimizer.step()
+    estimator.update_estimator(ctx.generator)
+    return images.detach()
+
+
+def save(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation, step: int) -> Path:
+    return ctx.save_checkpoint(STAGE, {
+        "stage": STAGE,
+        "step": step,
+        "total": ctx.cfg.nerf.steps,
+        "done": step >= ctx.cfg.nerf.steps,
+        "particles": [{"nerf": p.nerf.state_dict(), "background": p.background.state_dict(),
+                       "occupancy": p.occupancy.state_dict(), "optimizer": p.optimizer.state_dict()}
+                      for p in particles],
+        "estimator": estimator.state_dict(),
+        "rng": rng_state(ctx.generator),
+    })
+
+
+def check_compatible(state: dict, cfg: JobConfig, path: Path) -> None:
+    if len(state["particles"]) != cfg.particles:
+        raise BadRequest(f"The checkpoint {path} holds {len(state['particles'])} particle(s) but the job asks "
+                         f"for {cfg.particles}: resume with the same number of particles or use a new output folder.")
+    saved = state["estimator"].get("guidance")
+    if state["step"] < cfg.nerf.steps and saved != cfg.prior.guidance:
+        raise BadRequest(f"The checkpoint {path} was made with {saved} guidance but the job asks for "
+                         f"{cfg.prior.guidance}: resume with the same guidance or use a new output folder.")
+
+
+def load_particles(state: dict, particles: list[Particle]) -> None:
+    for p, saved in zip(particles, state["particles"]):
+        p.nerf.load_state_dict(saved["nerf"])
+        p.background.load_state_dict(saved["background"])
+        p.occupancy.load_state_dict(saved["occupancy"])
+        p.optimizer.load_state_dict(saved["optimizer"])
+
+
+def write_turntable(ctx: StageContext, particle: Particle, folder: Path, again: bool = True) -> list[Path]:
+    """Albedo renders from cfg.export.turntable_views azimuths around the object, at the final resolution
+    (kept as they are when `again` is False and they all exist: a reloaded stage has nothing new to show)."""
+    ncfg = ctx.cfg.nerf
+    n = ctx.cfg.export.turntable_views
+    paths = [folder / f"turntable_{i}.png" for i in range(n)]
+    if not again and all(p.exists() for p in paths):
+        return paths
+    distance = sum(ncfg.camera_distance) / 2
+    fov = sum(ncfg.fov_deg) / 2
+    cameras = orbit_cameras(n, TURNTABLE_ELEVATION_DEG, distance, fov, ctx.device)
+    res = ncfg.resolutions[-1]
+    with torch.no_grad():
+        for i, path in enumerate(paths):
+            out = render_nerf(particle.nerf, particle.background, cameras[i], res, res,
+                              shading="albedo", occupancy=particle.occupancy, samples_per_ray=ncfg.samples_per_ray,
+                              jitter=False)
+            save_png(out["rgb"], path)
+    return paths

@@ -1,0 +1,141 @@
+"""Stage 3: geometry fixed, each particle's albedo field optimised with VSD (or SDS) on rasterised renders.
+
+All particles share one score estimator, as in stage 1. Each field first copies its NeRF's albedo on the
+surface, so the stage refines stage 1's colours rather than starting from grey.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import BadRequest, Cancelled
+from ..field.dmtet import TriMesh
+from ..field.texture import AlbedoField
+from ..prior.vsd import ScoreDistillation
+from ..render.cameras import sample_cameras
+from ..render.mesh import render_mesh
+from ..render.raster import make_rasterizer
+from .common import StageContext, rng_state, save_png, set_rng_state
+from .geometry import refine_prior_config
+
+STAGE = "texture"
+# Regression onto the NeRF albedo: at most this many steps and never more than the stage's own step count (a fit
+# step costs far less than a distillation step, so the copy never dominates the stage).
+INIT_FIT_STEPS = 200
+INIT_FIT_POINTS = 1 << 16
+WHITE = (1.0, 1.0, 1.0)
+
+
+def upstream_geometry(ctx: StageContext, inputs: dict | None) -> dict:
+    if inputs is not None:
+        return inputs
+    if not ctx.stage_done("geometry"):
+        raise BadRequest("The texture stage starts from a finished geometry stage: include it "
+                         "(--stages geometry,texture).")
+    from . import geometry
+    return geometry.run(StageContext(**{**ctx.__dict__, "resume": True}), None)
+
+
+def frozen(background):
+    """Stage 1's background as a plain function of view directions (no gradients into it), or white."""
+    if background is None:
+        return WHITE
+
+    def colour(dirs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return background(dirs)
+    return colour
+
+
+def run(ctx: StageContext, inputs: dict | None = None) -> dict:
+    cfg, tcfg = ctx.cfg, ctx.cfg.texture
+    geo = upstream_geometry(ctx, inputs)
+    meshes: list[TriMesh] = geo["meshes"]
+    fields = [AlbedoField(cfg.nerf, ctx.device) for _ in meshes]
+    optimizers = [make_optimizer(f, tcfg.lr) for f in fields]
+    state = ctx.load_checkpoint(STAGE)
+    start = 0
+    if state is not None:
+        if len(state["particles"]) != len(fields):
+            raise BadRequest(f"The checkpoint {ctx.checkpoint_path(STAGE)} holds {len(state['particles'])} "
+                             f"particle(s) but the job asks for {len(fields)}: use a new output folder.")
+        for f, opt, saved in zip(fields, optimizers, state["particles"]):
+            f.load_state_dict(saved["field"])
+            opt.load_state_dict(saved["optimizer"])
+        set_rng_state(ctx.generator, state["rng"])
+        start = min(state["step"], tcfg.steps)
+    else:
+        for f, mesh, nerf_albedo in zip(fields, meshes, geo.get("textures") or [None] * len(fields)):
+            if nerf_albedo is not None and mesh.faces.shape[0] > 0:
+                points = mesh.sample_surface(INIT_FIT_POINTS, ctx.generator)
+                f.fit(nerf_albedo, points, min(INIT_FIT_STEPS, tcfg.steps), generator=ctx.generator)
+    ctx.reporter.step(STAGE, start, tcfg.steps)
+    if start < tcfg.steps or state is None:
+        guidance = ScoreDistillation(ctx.prior, refine_prior_config(cfg.prior), tcfg.guidance)
+        try:
+            if state is not None and state.get("guidance") is not None:
+                guidance.load_state_dict(state["guidance"])
+            backgrounds = [frozen(b) for b in geo.get("backgrounds") or [None] * len(fields)]
+            train(ctx, meshes, fields, optimizers, backgrounds, guidance, start)
+        finally:
+            guidance.close()  # the LoRA must not stay on the shared UNet for the next job
+    for f in fields:
+        f.requires_grad_(False)
+    return {"meshes": meshes, "textures": fields, "checkpoint": ctx.checkpoint_path(STAGE)}
+
+
+def make_optimizer(field: AlbedoField, lr: float) -> torch.optim.Optimizer:
+    # Tiny eps as Instant-NGP uses for hash tables, as in stage 1.
+    return torch.optim.Adam(field.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
+
+
+def train(ctx: StageContext, meshes, fields, optimizers, backgrounds, guidance: ScoreDistillation,
+          start: int) -> None:
+    tcfg, total = ctx.cfg.texture, ctx.cfg.texture.steps
+    raster = make_rasterizer(ctx.device)
+    normals = [m.vertex_normals() for m in meshes]
+    done = start
+    try:
+        for step in range(start, total):
+            ctx.reporter.check_cancel()
+            cameras = sample_cameras(len(fields), ctx.cfg.nerf, ctx.generator, ctx.device)
+            images = torch.cat([
+                render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution,
+                            shading="albedo", normals=normals[k], albedo_fn=fields[k], background=backgrounds[k],
+                            antialias=False)["rgb"]
+                for k, m in enumerate(meshes)])
+            loss, _ = guidance.loss(images, cameras.c2w, cameras.directions(), ctx.prompt_emb, step, total,
+                                    ctx.generator)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            if loss.requires_grad:
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+            guidance.update_estimator(ctx.generator)
+            done = step + 1
+            preview = None
+            if done % tcfg.preview_every == 0 or done == total:
+                preview = save_png(images[0], ctx.preview_path(STAGE, done))
+            if done % tcfg.checkpoint_every == 0 or done == total:
+                save(ctx, fields, optimizers, guidance, done)
+            ctx.reporter.step(STAGE, done, total, preview)
+        if total == start:
+            save(ctx, fields, optimizers, guidance, total)
+    except Cancelled:
+        if done > start and done % tcfg.checkpoint_every != 0 and done != total:
+            save(ctx, fields, optimizers, guidance, done)
+        raise
+
+
+def save(ctx: StageContext, fields, optimizers, guidance: ScoreDistillation, step: int) -> Path:
+    return ctx.save_checkpoint(STAGE, {
+        "stage": STAGE,
+        "step": step,
+        "total": ctx.cfg.texture.steps,
+        "done": step >= ctx.cfg.texture.steps,
+        "particles": [{"field": f.state_dict(), "optimizer": opt.state_dict()} for f, opt in zip(fields, optimizers)],
+        "guidance": guidance.state_dict(),
+        "rng": rng_state(ctx.generator),
+    })

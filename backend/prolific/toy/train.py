@@ -1,0 +1,231 @@
+"""Train the bundled toy prior on procedural renders; resumable, time-budgeted, exports the bundled folder.
+
+    python -m prolific.toy.train --out backend/prolific/models/toy --work out/toy_train --minutes 8
+
+Data are rendered on the device into a pool of images that is refreshed as training goes (each image is used
+about `--reuse` times), so nothing is written to disk. bf16 autocast on CUDA, AdamW with warmup and a cosine
+decay over the run's time (or --steps, whichever ends first), min-SNR loss weighting, 10% empty captions for
+classifier-free guidance, EMA of the weights. A checkpoint (model, EMA, optimiser, step, time) is written every
+--ckpt-minutes and at the end; --resume continues from it. The EMA weights are exported in fp16.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .dataset import ToyData
+from .model import build_models, build_tokenizer, fp16_bytes, make_scheduler, save_model, tokenize
+
+EXPORT_MARGIN_S = 25.0  # time kept at the end of --minutes for the last checkpoint and the export
+P_EMPTY_CAPTION = 0.10
+MIN_SNR_GAMMA = 5.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m prolific.toy.train", description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True, help="model folder to export (the bundled layout)")
+    p.add_argument("--work", type=Path, default=None, help="checkpoint folder (default: <out>-train)")
+    p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps in total")
+    p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of this run, export included")
+    p.add_argument("--total-minutes", type=float, default=None,
+                   help="training time the lr schedule spans across resumed runs (default: this run's)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--size", choices=("full", "tiny"), default="full")
+    p.add_argument("--pool", type=int, default=8192, help="images kept rendered on the device")
+    p.add_argument("--chunk", type=int, default=1024, help="images rendered per refresh")
+    p.add_argument("--reuse", type=float, default=4.0, help="mean number of times each rendered image is used")
+    p.add_argument("--no-holdout", dest="holdout", action="store_false",
+                   help="also train on the held-out (shape, colour) pairs")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--ckpt-minutes", type=float, default=2.0)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = p.parse_args(argv)
+    args.work = args.work or args.out.with_name(args.out.name + "-train")
+    args.pool = max(args.pool, args.batch)
+    args.chunk = min(args.chunk, args.pool)
+    return args
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Pool:
+    """Rendered images (uint8, on the device) and their caption token ids; a ring buffer refreshed in chunks."""
+
+    def __init__(self, data: ToyData, tokenizer, size: int, device: torch.device, generator: torch.Generator):
+        self.data, self.tokenizer, self.device, self.generator = data, tokenizer, device, generator
+        s = data.image_size
+        self.images = torch.empty(size, 3, s, s, dtype=torch.uint8, device=device)
+        self.ids = torch.empty(size, tokenizer.model_max_length, dtype=torch.long, device=device)
+        self.next, self.filled = 0, 0
+
+    def refresh(self, n: int) -> None:
+        n = min(n, len(self.images))
+        batch = self.data.sample(n, self.generator, self.device)
+        slots = (self.next + torch.arange(n, device=self.device)) % len(self.images)
+        self.images[slots] = (batch.images * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+        self.ids[slots] = tokenize(self.tokenizer, batch.captions).to(self.device)
+        self.next = (self.next + n) % len(self.images)
+        self.filled = min(self.filled + n, len(self.images))
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, self.filled, (n,), device=self.device, generator=self.generator)
+        return self.images[idx].float() / 127.5 - 1.0, self.ids[idx]
+
+
+def lr_at(step: int, progress: float, args: argparse.Namespace) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    t_start = time.monotonic()
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    deadline = t_start + args.minutes * 60 - EXPORT_MARGIN_S
+    torch.manual_seed(args.seed)
+
+    tokenizer = build_tokenizer(args.work / "tokenizer")
+    unet, text = build_models(tokenizer, args.size)
+    ckpt_path = args.work / "checkpoint.pt"
+    state = {"step": 0, "train_seconds": 0.0, "losses": []}
+    if args.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state["size"] != args.size:
+            sys.exit(f"{ckpt_path} holds a '{state['size']}' model; pass --size {state['size']} or a new --work.")
+        unet.load_state_dict(state["unet"])
+        text.load_state_dict(state["text"])
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text)
+    if "ema_unet" in state:
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text.load_state_dict(state["ema_text"])
+    for m in (unet, text, ema_unet, ema_text):
+        m.to(device)
+    if cuda:
+        unet.to(memory_format=torch.channels_last)
+    ema_unet.requires_grad_(False).eval()
+    ema_text.requires_grad_(False).eval()
+    params = [p for m in (unet, text) for p in m.parameters()]
+    ema_params = [p for m in (ema_unet, ema_text) for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=cuda)
+    if "opt" in state:
+        opt.load_state_dict(state["opt"])
+    step, seconds_before = state["step"], state["train_seconds"]
+    log(f"toy prior: {args.size} model, {fp16_bytes(unet, text) / 1e6:.1f} MB in fp16, device {device}"
+        f"{' ' + torch.cuda.get_device_name(device) if cuda else ''}; "
+        f"{'resumed at step ' + str(step) if step else 'from scratch'}; batch {args.batch}, lr {args.lr}, "
+        f"budget {args.minutes} min")
+
+    scheduler = make_scheduler()
+    alphas = scheduler.alphas_cumprod.to(device)
+    snr = alphas / (1 - alphas)
+    loss_weight = snr.clamp(max=MIN_SNR_GAMMA) / snr  # min-SNR-γ for ε prediction
+    generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
+    data = ToyData(int(unet.config.sample_size), holdout=args.holdout)
+    pool = Pool(data, tokenizer, args.pool, device, generator)
+    while pool.filled < len(pool.images):
+        pool.refresh(args.chunk)
+    empty_ids = tokenize(tokenizer, [""]).to(device)
+    refresh_every = max(1, round(args.chunk * args.reuse / args.batch))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    log(f"data pool of {pool.filled} images ready in {time.monotonic() - t_start:.0f} s; "
+        f"{args.chunk} new images every {refresh_every} steps")
+
+    total_s = (args.total_minutes * 60 - EXPORT_MARGIN_S) if args.total_minutes else None
+    loop_start = time.monotonic()
+    budget_s = seconds_before + max(deadline - loop_start, 1.0) if total_s is None else total_s
+    last_ckpt, window_t, window_step, losses = loop_start, loop_start, step, []
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "size": args.size, "step": step, "train_seconds": seconds_before + time.monotonic() - loop_start,
+            "unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
+            "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "losses": state["losses"]})
+
+    unet.train()
+    text.train()
+    while step < args.steps and time.monotonic() < deadline:
+        if step % refresh_every == 0:
+            pool.refresh(args.chunk)
+        x0, ids = pool.batch(args.batch)
+        drop = torch.rand(args.batch, device=device, generator=generator) < P_EMPTY_CAPTION
+        ids = torch.where(drop[:, None], empty_ids, ids)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), device=device, generator=generator)
+        noise = torch.randn(x0.shape, device=device, generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        if cuda:
+            x_t = x_t.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            pred = unet(x_t, t, encoder_hidden_states=text(ids)[0]).sample
+        loss = ((pred.float() - noise).square().mean(dim=(1, 2, 3)) * loss_weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        elapsed = seconds_before + time.monotonic() - loop_start
+        lr = lr_at(step, max(step / args.steps, elapsed / budget_s), args)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        step += 1
+        decay = min(args.ema, (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        losses.append(loss.detach())
+
+        if step % args.log_every == 0 or step == args.steps:
+            now = time.monotonic()
+            mean_loss = torch.stack(losses).mean().item()
+            losses.clear()
+            state["losses"].append([step, round(mean_loss, 5)])
+            rate = (step - window_step) / max(now - window_t, 1e-9)
+            eta = min((args.steps - step) / max(rate, 1e-9), max(deadline - now, 0.0))
+            log(f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {rate:.2f} it/s {rate * args.batch:.0f} img/s "
+                f"elapsed {now - t_start:.0f} s eta {eta:.0f} s")
+            window_t, window_step = now, step
+        if time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
+            checkpoint()
+            last_ckpt = time.monotonic()
+            log(f"checkpoint at step {step} -> {ckpt_path}")
+
+    checkpoint()
+    train_seconds = seconds_before + time.monotonic() - loop_start
+    info = {"steps": step, "batch": args.batch, "train_minutes": round(train_seconds / 60, 2),
+            "holdout": args.holdout, "final_loss": state["losses"][-1][1] if state["losses"] else None,
+            "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
+    save_model(args.out, ema_unet, ema_text, tokenizer, info)
+    log(f"done: {step} steps in {train_seconds / 60:.1f} min of training; EMA weights (fp16) exported to {args.out} "
+        f"in {time.monotonic() - t_start:.0f} s total")
+    (args.work / "train_log.json").write_text(json.dumps({**info, "losses": state["losses"]}) + "\n")
+    return info
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The job queue: one backend client per Blender session, jobs fed by its events, results imported on arrival.
+
+A `bpy.app.timers` timer calls `pump()` a few times a second; `wait()` pumps in a loop for headless scripts,
+where timers do not run while a script executes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from . import installer, scene_import
+from .client import SERVE_ARGS, TERMINAL_EVENTS, BackendClient, BackendError
+
+KEEP_FINISHED = 20
+BUSY_INTERVAL_S = 0.1
+IDLE_INTERVAL_S = 1.0
+
+
+@dataclass
+class Job:
+    id: str
+    prompt: str
+    preset: str
+    seed: int
+    variations: int
+    settings: dict[str, Any]
+    state: str = "starting"  # starting, queued, running, importing, done, error, cancelled
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    preview: str = ""
+    message: str = ""
+    code: str = ""
+    objects: list[str] = field(default_factory=list)  # names of the imported objects
+    result: dict[str, Any] = field(default_factory=dict)  # the backend's result event
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "error", "cancelled")
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+
+class JobQueue:
+    """Jobs in submission order; applies the protocol's events to them."""
+
+    def __init__(self):
+        self.jobs: list[Job] = []
+
+    def add(self, job: Job) -> Job:
+        self.jobs.append(job)
+        finished = [j for j in self.jobs if j.finished]
+        for old in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+            self.jobs.remove(old)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return next((j for j in self.jobs if j.id == job_id), None)
+
+    def active(self) -> Job | None:
+        """The job the backend works on now, else the next one waiting."""
+        running = [j for j in self.jobs if j.state in ("running", "importing")]
+        waiting = [j for j in self.jobs if not j.finished]
+        return (running or waiting or [None])[0]
+
+    def clear_finished(self) -> None:
+        self.jobs = [j for j in self.jobs if not j.finished]
+
+    def apply(self, event: dict) -> Job | None:
+        job = self.get(event.get("id", ""))
+        if job is None or job.finished:
+            return None
+        kind = event.get("event")
+        if kind == "queued":
+            job.state = "queued"
+        elif kind == "progress":
+            job.state = "running"
+            job.stage = event.get("stage", job.stage)
+            job.step = int(event.get("step", 0))
+            job.total = int(event.get("total", 0))
+            job.eta_s = event.get("eta_s")
+            if event.get("preview"):
+                job.preview = event["preview"]
+        elif kind == "result":
+            job.state = "importing"
+        elif kind == "error":
+            job.state, job.code = "error", event.get("code", "internal")
+            job.message = event.get("message") or "The backend reported an error without a message."
+        elif kind == "cancelled":
+            job.state, job.message = "cancelled", "Cancelled."
+        return job
+
+
+QUEUE = JobQueue()
+backend_status = {"state": "stopped", "text": "Backend not started."}
+_client: BackendClient | None = None
+_client_key: tuple | None = None
+setup: installer.BackendInstaller | None = None
+
+
+def prefs():
+    return bpy.context.preferences.addons[__package__].preferences
+
+
+def default_output_dir() -> Path:
+    return Path(bpy.utils.extension_path_user(__package__, create=True)) / "results"
+
+
+def output_dir() -> Path:
+    chosen = prefs().output_dir.strip()
+    return Path(bpy.path.abspath(chosen)) if chosen else default_output_dir()
+
+
+def client() -> BackendClient:
+    """The session's client for the current preferences; a changed python, model or device restarts it."""
+    global _client, _client_key
+    p = prefs()
+    python = bpy.path.abspath(p.backend_python.strip()) if p.backend_python.strip() else ""
+    if not python:
+        raise BackendError("backend_unavailable", "No backend Python is set: open Edit > Preferences > Add-ons > "
+                           "Prolific Dreamer and press Set up backend, or choose an existing backend Python.")
+    key = (python, p.model.strip(), p.device)
+    if _client is None or key != _client_key:
+        if _client is not None:
+            _client.close()
+        args = list(SERVE_ARGS)
+        if p.model.strip():
+            model = p.model.strip()
+            args += ["--model", bpy.path.abspath(model) if os.path.isdir(bpy.path.abspath(model)) else model]
+        args += ["--device", p.device]
+        env = dict(os.environ)
+        if not bpy.app.online_access:
+            env["HF_HUB_OFFLINE"] = "1"  # Blender's "Allow Online Access" is off: the backend must not download
+        log = Path(bpy.utils.extension_path_user(__package__, create=True)) / "backend.log"
+        _client, _client_key = BackendClient(python, args, env=env, log_path=log), key
+    return _client
+
+
+def backend_pid() -> int | None:
+    return _client.pid if _client is not None else None
+
+
+def connect() -> None:
+    """Start the backend (if needed) without waiting; the timer reports the handshake in backend_status."""
+    c = client()
+    backend_status.update(state="starting", text="Starting the backend...")
+    c.start()
+    _ensure_timer()
+
+
+def submit(prompt: str, preset: str, seed: int, variations: int, overrides: dict[str, Any]) -> Job:
+    settings = {"preset": preset, "seed": seed, "particles": variations, **overrides}
+    job = Job(id="", prompt=prompt, preset=preset, seed=seed, variations=variations, settings=settings)
+    try:
+        c = client()
+        if not c.ready:
+            backend_status.update(state="starting", text="Starting the backend...")
+        job.id = c.generate(prompt, preset=preset, seed=seed, particles=variations, out_dir=str(output_dir()),
+                            **overrides)
+    except BackendError as err:
+        job.id = f"failed-{time.monotonic_ns()}"
+        job.state, job.code, job.message = "error", err.code, err.message
+    QUEUE.add(job)
+    _ensure_timer()
+    return job
+
+
+def cancel(job_id: str) -> None:
+    job = QUEUE.get(job_id)
+    if job is None or job.finished or _client is None:
+        return
+    _client.cancel(job_id)
+
+
+def pump(undo: bool = True) -> bool:
+    """Apply every event that arrived; import finished results. Returns whether anything changed."""
+    changed = _pump_setup()
+    if _client is None:
+        return changed
+    for event in _client.poll():
+        changed = True
+        if event.get("event") == "hello":
+            _on_hello(event)
+            continue
+        job = QUEUE.apply(event)
+        if job is not None and job.state == "importing":
+            _import(job, event, undo)
+    if backend_status["state"] in ("starting", "ready") and _client.failure is not None:
+        backend_status.update(state="error", text=_client.failure.message)
+    if changed:
+        _redraw()
+    return changed
+
+
+def wait(job: Job, timeout: float | None = None) -> Job:
+    """Block until the job ends, pumping events (for scripts and `--background`)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not job.finished:
+        pump(undo=True)
+        if job.finished:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            cancel(job.id)
+            job.state, job.code = "error", "timeout"
+            job.message = f"The job did not finish within {timeout:.0f} s and was cancelled."
+            break
+        time.sleep(0.05)
+    return job
+
+
+def _on_hello(event: dict) -> None:
+    backend_status.update(state="ready", text=(
+        f"Backend {event.get('backend', '?')} (protocol {event.get('protocol')}) on {event.get('device', '?')}, "
+        f"model: {event.get('model') or 'bundled toy prior'}"))
+
+
+def _import(job: Job, event: dict, undo: bool) -> None:
+    job.result = event
+    settings = dict(job.settings)
+    try:
+        objects = scene_import.import_result(event.get("objects", []), job.prompt, job.seed, settings,
+                                             job_id=job.id, meta_path=event.get("meta"))
+    except (scene_import.ResultError, OSError, RuntimeError, KeyError) as err:
+        job.state, job.code, job.message = "error", "import_failed", f"Could not import the result: {err}"
+        return
+    job.objects = [obj.name for obj in objects]
+    job.state = "done"
+    job.message = f"Imported {len(objects)} object(s)."
+    if undo:
+        try:
+            bpy.ops.ed.undo_push(message=f"Prolific: {scene_import.object_name(job.prompt)}")
+        except RuntimeError:
+            pass  # no window to hold an undo stack (background mode)
+
+
+def _pump_setup() -> bool:
+    global setup
+    if setup is None:
+        return False
+    status = setup.status
+    if status.state == "done":
+        prefs().backend_python = str(setup.python)
+        setup_done = setup
+        setup = None
+        backend_status.update(state="stopped", text=setup_done.status.message)
+    return True
+
+
+def start_setup(venv_dir: Path, package: str, pip_args: str) -> installer.BackendInstaller:
+    global setup
+    if setup is not None and setup.status.state == "running":
+        return setup
+    setup = installer.BackendInstaller(venv_dir, package, pip_args)
+    setup.start()
+    _ensure_timer()
+    return setup
+
+
+def _redraw() -> None:
+    wm = bpy.context.window_manager
+    for window in wm.windows if wm else ():
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES"):
+                area.tag_redraw()
+
+
+def _timer() -> float | None:
+    pump(undo=True)
+    busy = (any(not j.finished for j in QUEUE.jobs) or backend_status["state"] == "starting"
+            or (setup is not None and setup.status.state == "running"))
+    return BUSY_INTERVAL_S if busy else IDLE_INTERVAL_S
+
+
+def _ensure_timer() -> None:
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=BUSY_INTERVAL_S, persistent=True)
+
+
+def shutdown() -> None:
+    """Stop the timer and the backend child (add-on disabled or Blender quitting)."""
+    global _client, _client_key, setup
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+    if setup is not None:
+        setup.cancel()
+        setup = None
+    if _client is not None:
+        _client.close()
+    _client, _client_key = None, None
+    QUEUE.jobs.clear()
+    backend_status.update(state="stopped", text="Backend not started.")

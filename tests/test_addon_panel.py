@@ -1,0 +1,116 @@
+"""The sidebar panels drawn against a recording layout, in real Blender: what the user sees when idle and while
+a job runs. The add-on is registered from the source folder (no install needed for drawing)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from addon_helpers import ROOT, needs_bpy, run_blender
+
+pytestmark = needs_bpy
+
+SETUP = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import blender_addon
+from blender_addon import jobs, panel
+blender_addon.register()
+
+class Recorder:
+    \"\"\"Stands in for bpy.types.UILayout: records every call, hands out sub-layouts and operator properties.\"\"\"
+    def __init__(self, calls):
+        object.__setattr__(self, "calls", calls)
+    def __setattr__(self, name, value):
+        self.calls.append(("set", name, value))
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            entry = {{"call": name, "args": [a if isinstance(a, (str, int, float)) else type(a).__name__ for a in args],
+                      "kwargs": {{k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in kwargs.items()}}}}
+            self.calls.append(entry)
+            if name == "operator":
+                return OperatorProps(entry)
+            return Recorder(self.calls)
+        return call
+
+class OperatorProps:
+    def __init__(self, entry):
+        object.__setattr__(self, "entry", entry)
+    def __setattr__(self, name, value):
+        self.entry.setdefault("props", {{}})[name] = value
+
+class FakePanel:
+    def __init__(self):
+        self.calls = []
+        self.layout = Recorder(self.calls)
+
+def draw(cls):
+    fake = FakePanel()
+    cls.draw(fake, bpy.context)
+    return [c for c in fake.calls if isinstance(c, dict)]
+
+scene = bpy.context.scene.prolific
+scene.prompt = "a red teapot"
+"""
+
+
+def calls_named(calls, name):
+    return [c for c in calls if c["call"] == name]
+
+
+def test_idle_panel_shows_the_settings_and_generate(tmp_path):
+    facts = run_blender(SETUP + """
+report(main=draw(panel.PROLIFIC_PT_main), queue=draw(panel.PROLIFIC_PT_queue),
+       advanced=draw(panel.PROLIFIC_PT_advanced))
+""", tmp_path)
+    main = facts["main"]
+    shown = [c["args"][1] for c in calls_named(main, "prop")]
+    assert shown == ["prompt", "negative_prompt", "preset", "seed", "variations"]
+    assert [c["args"][0] for c in calls_named(main, "operator")] == ["prolific.generate"]
+    assert not calls_named(main, "progress")
+    assert [c["kwargs"]["text"] for c in calls_named(facts["queue"], "label")] == ["No jobs yet."]
+    assert [c["args"][1] for c in calls_named(facts["advanced"], "prop")] == [
+        "guidance", "guidance_scale", "nerf_steps", "geometry_steps", "texture_steps", "texture_size"]
+
+
+def test_running_job_shows_stage_progress_eta_preview_and_cancel(tmp_path):
+    preview = tmp_path / "nerf_000004.png"
+    Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(preview)
+    facts = run_blender(SETUP + f"""
+running = jobs.QUEUE.add(jobs.Job(id="job-1", prompt="a red teapot", preset="test", seed=0, variations=1, settings={{}}))
+jobs.QUEUE.apply({{"event": "progress", "id": "job-1", "stage": "nerf", "step": 3, "total": 6, "eta_s": 75.0,
+                  "preview": {str(preview)!r}}})
+waiting = jobs.QUEUE.add(jobs.Job(id="job-2", prompt="a blue chair", preset="test", seed=0, variations=1, settings={{}}))
+failed = jobs.QUEUE.add(jobs.Job(id="job-0", prompt="a hamburger", preset="test", seed=0, variations=1, settings={{}}))
+jobs.QUEUE.apply({{"event": "error", "id": "job-0", "code": "model_not_found", "message": "No model at /x."}})
+report(main=draw(panel.PROLIFIC_PT_main), queue=draw(panel.PROLIFIC_PT_queue),
+       preview_size=list(panel.load_preview(running.preview).image_size))
+""", tmp_path)
+    main = facts["main"]
+    labels = [c["kwargs"].get("text", "") for c in calls_named(main, "label")]
+    assert "Stage: nerf (3/6)" in labels and "ETA 1:15" in labels
+    (bar,) = calls_named(main, "progress")
+    assert bar["kwargs"]["factor"] == 0.5 and bar["kwargs"]["type"] == "BAR"
+    assert len(calls_named(main, "template_icon")) == 1  # icon ids stay 0 without a UI, so check the image
+    assert facts["preview_size"] == [16, 16]
+    cancel = [c for c in calls_named(main, "operator") if c["args"][0] == "prolific.cancel"]
+    assert cancel and cancel[0]["props"] == {"job_id": "job-1"}
+    queue = facts["queue"]
+    rows = [c["kwargs"]["text"] for c in calls_named(queue, "label")]
+    assert rows == ["a red teapot — nerf 3/6", "a blue chair — starting", "a hamburger — error", "No model at /x."]
+    cancels = [c["props"]["job_id"] for c in calls_named(queue, "operator") if c["args"][0] == "prolific.cancel"]
+    assert cancels == ["job-1", "job-2"]
+    assert "prolific.clear_finished" in [c["args"][0] for c in calls_named(queue, "operator")]
+
+
+def test_advanced_settings_become_backend_overrides_only_when_enabled(tmp_path):
+    facts = run_blender(SETUP + """
+scene.negative_prompt = "blurry"
+off = scene.overrides()
+scene.use_advanced, scene.guidance, scene.nerf_steps, scene.texture_size = True, "sds", 100, 512
+report(off=off, on=scene.overrides())
+""", tmp_path)
+    assert facts["off"] == {"prior": {"negative_prompt": "blurry"}}
+    on = facts["on"]
+    assert on["prior"] == {"negative_prompt": "blurry", "guidance": "sds", "sds_guidance_scale": 7.5}
+    assert on["nerf"] == {"steps": 100} and on["export"] == {"texture_size": 512}
+    assert on["texture"]["guidance"] == "sds"

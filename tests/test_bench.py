@@ -1,0 +1,119 @@
+"""`prolific bench ...` on the CPU with tiny models: the JSON a user (or the lead on a GPU) reads."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prolific.cli import main
+from prolific.prior import sd_shapes, speed
+
+PARTS = {"render", "encode", "prior", "backward", "optimizer", "lora_update"}
+
+
+def _bench(capsys, *args) -> tuple[int, dict]:
+    code = main(["bench", *args])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if code == 0 else {}
+
+
+def test_stage1_compare_reports_reference_and_optimised(capsys, tmp_path):
+    code, result = _bench(capsys, "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"),
+                          "--resolutions", "16,24", "--steps", "2", "--warmup", "1", "--compare",
+                          "--opt", "sdpa,batch,occupancy", "--json", str(tmp_path / "out.json"))
+    assert code == 0
+    assert json.loads((tmp_path / "out.json").read_text()) == result
+    assert result["device"] == "cpu" and result["torch"] == torch.__version__
+    ref, opt = result["variants"]
+    assert ref["reference"] and ref["name"] == "reference" and not opt["reference"]
+    assert opt["applied"]["batch"] == "cfg+lora in one call"
+    for variant in (ref, opt):
+        assert variant["errors"] == {}
+        # pretrained CFG pair + ε_φ + LoRA training forward and backward
+        assert variant["flops"]["unet_sample_forwards"] == 5
+        for res in ("16", "24"):
+            r = variant["resolutions"][res]
+            assert r["ms_per_step"] > 0 and len(r["ms_per_step_all"]) == 2
+            assert PARTS <= set(r["breakdown_ms"])
+            assert sum(r["breakdown_ms"].values()) == pytest.approx(r["ms_per_step"], rel=0.05)
+            assert r["render_finite"]
+    # The reference runs ε_φ as its own UNet call; batched, it rides along with the pretrained one.
+    assert ref["resolutions"]["16"]["breakdown_ms"]["estimator"] > 0
+    assert "occupied_fraction" in opt["resolutions"]["16"] and "occupied_fraction" not in ref["resolutions"]["16"]
+    assert set(result["speedup_vs_reference"]["sdpa,batch,occupancy"]) == {"16", "24"}
+
+
+def test_a_failing_compile_is_reported_and_the_bench_goes_on(capsys, monkeypatch, tiny_sd_model):
+    def broken_compile(prior, mode):
+        def fail(*args, **kwargs):
+            raise RuntimeError("inductor exploded")
+        prior.unet._compiled_call_impl = fail
+        return ["unet"]
+
+    monkeypatch.setattr(speed, "compile_prior", broken_compile)
+    code, result = _bench(capsys, "stage1", "--model", str(tiny_sd_model), "--resolutions", "16", "--steps", "1",
+                          "--warmup", "1", "--opt", "compile,batch")
+    assert code == 0
+    (variant,) = result["variants"]
+    assert "inductor exploded" in variant["errors"]["compile"]
+    assert variant["resolutions"]["16"]["ms_per_step"] > 0
+
+
+@pytest.mark.parametrize("stage", ["stage2", "stage3"])
+def test_mesh_stage_benches(capsys, tiny_sd_model, stage):
+    code, result = _bench(capsys, stage, "--model", str(tiny_sd_model), "--resolutions", "32", "--steps", "2",
+                          "--warmup", "1", "--compare")
+    assert code == 0
+    ref, opt = result["variants"]
+    parts = {"render", "encode", "prior", "backward", "optimizer"}
+    parts |= {"mesh", "regularisers"} if stage == "stage2" else {"estimator", "lora_update"}
+    for variant in (ref, opt):
+        r = variant["resolutions"]["32"]
+        assert "error" not in r and r["ms_per_step"] > 0 and len(r["ms_per_step_all"]) == 2
+        assert parts <= set(r["breakdown_ms"])
+        assert variant["faces"][0] > 0
+    # Geometry is SDS: only the pretrained CFG pair runs; texture is VSD.
+    assert ref["flops"]["unet_sample_forwards"] == (2 if stage == "stage2" else 5)
+
+
+def test_bad_arguments_are_clear_errors(capsys):
+    assert main(["bench", "stage1", "--opt", "bf16,warp", "--model", "tiny"]) == 2
+    assert "Unknown speed option 'warp'" in capsys.readouterr().err
+    assert main(["bench", "stage1", "--resolutions", "4"]) == 2
+    assert "8..2048" in capsys.readouterr().err
+    assert main(["bench", "stage9"]) == 2
+    assert "unknown bench 'stage9'" in capsys.readouterr().err
+
+
+def test_quality_passes_its_arguments(capsys, monkeypatch, tmp_path):
+    import prolific.toy.quality as quality
+
+    seen = {}
+
+    def fake_run_quality(**kwargs):
+        seen.update(kwargs)
+        return {"benchmark": "quality", "summary": {}}
+
+    monkeypatch.setattr(quality, "run_quality", fake_run_quality)
+    code, result = _bench(capsys, "quality", "--prompts", "a red cube; a blue torus", "--guidances", "vsd",
+                          "--preset", "test", "--diversity-prompt", "", "--out", str(tmp_path),
+                          "--set", '{"nerf": {"steps": 4}}')
+    assert code == 0 and result["benchmark"] == "quality"
+    assert seen["prompts"] == ["a red cube", "a blue torus"] and seen["guidances"] == ("vsd",)
+    assert seen["preset"] == "test" and seen["diversity_prompt"] is None
+    assert seen["overrides"] == {"nerf": {"steps": 4}} and seen["out_dir"] == tmp_path
+
+
+def test_sd21_shapes_cost_what_stable_diffusion_costs():
+    """The bench's random model must cost what SD 2.1 base costs: 866 M UNet parameters, 804 GFLOP per
+    64×64-latent sample (the figure measured on the real model), the 340 M-parameter OpenCLIP-H text tower."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**sd_shapes.SD21_UNET)
+        text = CLIPTextModel(CLIPTextConfig(**sd_shapes.SD21_TEXT))
+    assert sum(p.numel() for p in unet.parameters()) == pytest.approx(865.9e6, rel=1e-3)
+    assert sum(p.numel() for p in text.parameters()) == pytest.approx(340.4e6, rel=1e-2)
+    assert sd_shapes.unet_flops(sd_shapes.SD21_UNET) / 1e9 == pytest.approx(804.3, rel=1e-3)

@@ -1,0 +1,166 @@
+"""run_job on the tiny SD model (stage 1 only, preset test) and the progress reporter behind it."""
+import json
+import threading
+
+import pytest
+import torch
+
+from prolific import __version__, pipeline
+from prolific.config import make_config
+from prolific.device import device_description, pick_device, pick_dtype
+from prolific.errors import BadRequest, Cancelled, NoGpu, OutOfMemory
+from prolific.events import Reporter
+from prolific.prior.diffusion import load_prior
+
+
+@pytest.fixture(scope="module")
+def prior(tiny_sd_model):
+    return load_prior(str(tiny_sd_model), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture
+def every_step(monkeypatch):
+    """Report every step (no throttling), so tests can act at an exact step."""
+    monkeypatch.setattr(Reporter, "min_interval_s", 0.0)
+
+
+def nerf_job(**over):
+    return make_config("a red teapot", "test", {"stages": ["nerf"], **over})
+
+
+def test_nerf_job_reports_progress_and_writes_its_result(tmp_path, prior, every_step):
+    events = []
+    result = pipeline.run_job(nerf_job(seed=3), tmp_path, "job", sink=events.append, prior=prior)
+
+    assert [e.step for e in events] == list(range(0, 7)) and {e.stage for e in events} == {"nerf"}
+    assert events[-1].total == 6 and events[-1].eta_s == 0.0
+    assert all(e.eta_s is not None and e.eta_s >= 0 for e in events[2:])
+    previews = [e.preview for e in events if e.preview]
+    assert previews and all(tmp_path.joinpath("job", "previews").joinpath(p).exists() for p in previews)
+    [obj] = result["objects"]
+    assert len(obj["turntable"]) == 8 and all(open(p, "rb").read(4) == b"\x89PNG" for p in obj["turntable"])
+    state = torch.load(obj["checkpoint"], weights_only=True)
+    assert state["done"] and state["step"] == 6
+    meta = json.loads((tmp_path / "job" / "meta.json").read_text())
+    assert meta["prompt"] == "a red teapot" and meta["seed"] == 3 and meta["backend"] == __version__
+    assert meta["settings"]["nerf"]["steps"] == 6 and meta["timings"]["nerf"] > 0
+
+
+def test_cancelled_job_resumes_where_it_stopped_and_ends_as_if_never_stopped(tmp_path, prior, every_step):
+    straight = pipeline.run_job(nerf_job(), tmp_path, "straight", prior=prior)
+
+    cancel = threading.Event()
+
+    def cancel_after_two(event):
+        if event.step == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        pipeline.run_job(nerf_job(), tmp_path, "stopped", sink=cancel_after_two, cancel=cancel, prior=prior)
+    saved = torch.load(tmp_path / "stopped" / "checkpoints" / "nerf.pt", weights_only=True)
+    assert saved["step"] == 2 and not saved["done"]
+
+    events = []
+    resumed = pipeline.run_job(nerf_job(), tmp_path, "stopped", sink=events.append, resume=True, prior=prior)
+    assert [e.step for e in events] == [2, 3, 4, 5, 6]
+    a = torch.load(straight["objects"][0]["checkpoint"], weights_only=True)["particles"][0]["nerf"]
+    b = torch.load(resumed["objects"][0]["checkpoint"], weights_only=True)["particles"][0]["nerf"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_particles_are_distinct_objects(tmp_path, prior):
+    result = pipeline.run_job(nerf_job(particles=2, nerf={"steps": 2}), tmp_path, "two", prior=prior)
+    first, second = result["objects"]
+    assert first["turntable"][0] != second["turntable"][0]
+    assert open(first["turntable"][0], "rb").read() != open(second["turntable"][0], "rb").read()
+
+
+def test_resume_refuses_a_checkpoint_with_other_particles(tmp_path, prior):
+    pipeline.run_job(nerf_job(nerf={"steps": 1}), tmp_path, "job", prior=prior)
+    with pytest.raises(BadRequest, match="particle"):
+        pipeline.run_job(nerf_job(particles=2), tmp_path, "job", resume=True, prior=prior)
+
+
+def test_mesh_stages_need_a_finished_nerf_stage(tmp_path, prior):
+    cfg = make_config("a red teapot", "test", {"stages": ["geometry", "texture"]})
+    with pytest.raises(BadRequest, match="nerf"):
+        pipeline.run_job(cfg, tmp_path, "job", prior=prior)
+
+
+def test_mesh_stages_continue_from_an_earlier_nerf_only_run(tmp_path, prior):
+    pipeline.run_job(nerf_job(), tmp_path, "job", prior=prior)
+    nerf_checkpoint = (tmp_path / "job" / "checkpoints" / "nerf.pt").stat().st_mtime_ns
+    cfg = make_config("a red teapot", "test", {"stages": ["geometry", "texture"]})
+    result = pipeline.run_job(cfg, tmp_path, "job", prior=prior)
+    [obj] = result["objects"]
+    assert obj["mesh"].endswith("mesh.npz") and obj["albedo"].endswith("albedo.png")
+    assert (tmp_path / "job" / "checkpoints" / "nerf.pt").stat().st_mtime_ns == nerf_checkpoint
+
+
+def test_out_of_memory_becomes_advice(tmp_path, prior, monkeypatch):
+    def exhausted(ctx, inputs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("prolific.stages.nerf.run", exhausted)
+    with pytest.raises(OutOfMemory, match="preset"):
+        pipeline.run_job(nerf_job(), tmp_path, "job", prior=prior)
+
+
+def test_unwritable_output_folder_is_named(tmp_path, prior):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(BadRequest, match="a_file"):
+        pipeline.run_job(nerf_job(), blocker / "sub", "job", prior=prior)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_eta_covers_the_remaining_steps_of_every_stage():
+    clock, events = FakeClock(), []
+    reporter = Reporter(events.append, totals={"nerf": 10, "geometry": 5}, min_interval_s=0, clock=clock)
+    for step in range(5):
+        reporter.step("nerf", step, 10)
+        clock.now += 2.0
+    assert events[0].eta_s is None
+    assert events[-1].eta_s == pytest.approx(2.0 * (10 - 4 + 5))
+    reporter.step("geometry", 0, 5)
+    assert events[-1].stage == "geometry" and events[-1].eta_s == pytest.approx(2.0 * 5)
+
+
+def test_events_are_throttled_but_keep_stage_ends_and_previews():
+    clock, events = FakeClock(), []
+    reporter = Reporter(events.append, totals={"nerf": 100}, clock=clock)
+    for step in range(101):
+        reporter.step("nerf", step, 100, preview=f"p{step}.png" if step == 50 else None)
+        clock.now += 0.01
+    assert 2 < len(events) <= 1 + 1.0 / Reporter.min_interval_s + 1
+    assert events[0].step == 0 and events[-1].step == 100
+    assert [e.preview for e in events if e.preview] == ["p50.png"], "a preview waits for the next event"
+
+
+def test_reporter_raises_cancelled_once_cancel_is_set():
+    cancel = threading.Event()
+    reporter = Reporter(cancel=cancel)
+    reporter.step("nerf", 1, 10)
+    cancel.set()
+    with pytest.raises(Cancelled):
+        reporter.step("nerf", 2, 10)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_a_gpu_without_one_says_so():
+    assert pick_device("auto") == torch.device("cpu") and device_description() == "cpu"
+    with pytest.raises(NoGpu, match="no usable CUDA GPU"):
+        pick_device("cuda")
+
+
+def test_dtype_is_full_precision_on_the_cpu_unless_asked():
+    cpu = torch.device("cpu")
+    assert pick_dtype(cpu, "auto") == torch.float32
+    assert pick_dtype(cpu, "bf16") == torch.bfloat16

@@ -1,0 +1,147 @@
+"""scene_import.py in real Blender: result folders written here (DESIGN.md format) become native objects."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from addon_helpers import ROOT, needs_bpy, run_blender
+
+pytestmark = needs_bpy
+
+LOAD_MODULE = f"""
+import importlib.util
+spec = importlib.util.spec_from_file_location("scene_import", {str(ROOT / "blender_addon" / "scene_import.py")!r})
+scene_import = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scene_import)
+"""
+
+
+def write_object(folder, positions, faces, uv, normals=None, texture_size=(8, 4), seed=0):
+    folder.mkdir(parents=True)
+    arrays = {"positions": positions.astype(np.float32), "faces": faces.astype(np.int32), "uv": uv.astype(np.float32)}
+    if normals is not None:
+        arrays["normals"] = normals.astype(np.float32)
+    np.savez(folder / "mesh.npz", **arrays)
+    w, h = texture_size
+    rgb = (np.arange(w * h * 3).reshape(h, w, 3) * 7 % 256).astype(np.uint8)
+    Image.fromarray(rgb).save(folder / "albedo.png")
+    (folder / "meta.json").write_text(json.dumps({"seed": seed, "settings": {"preset": "test", "seed": seed}}))
+    return {"mesh": str(folder / "mesh.npz"), "albedo": str(folder / "albedo.png")}
+
+
+def tetrahedron():
+    positions = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], dtype=np.int32)
+    return positions, faces
+
+
+def test_result_objects_match_the_files(tmp_path):
+    positions, faces = tetrahedron()
+    uv_vertex = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    uv_corner = np.random.default_rng(0).random((4, 3, 2)).astype(np.float32)
+    normals = positions - positions.mean(0)
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    entries = [write_object(tmp_path / "job" / "object_0", positions, faces, uv_vertex, normals, seed=11),
+               write_object(tmp_path / "job" / "object_1", positions * 2, faces, uv_corner, texture_size=(4, 4), seed=12)]
+    facts = run_blender(LOAD_MODULE + f"""
+import numpy as np
+bpy.context.scene.cursor.location = (10.0, 20.0, 30.0)
+objs = scene_import.import_result({entries!r}, "  a   red teapot ", 7, {{"preset": "test"}}, job_id="job-1")
+out = []
+for obj in objs:
+    mesh = obj.data
+    uv = np.empty(len(mesh.loops) * 2, dtype=np.float32)
+    mesh.uv_layers["UVMap"].uv.foreach_get("vector", uv)
+    loop_normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
+    mesh.corner_normals.foreach_get("vector", loop_normals)
+    tex = next(n for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
+    bsdf = next(n for n in obj.active_material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    img = tex.image
+    out.append(dict(name=obj.name, location=list(obj.location), verts=len(mesh.vertices), faces=len(mesh.polygons),
+                    loop_verts=[l.vertex_index for l in mesh.loops], uv=uv.tolist(), normals=loop_normals.tolist(),
+                    smooth=all(p.use_smooth for p in mesh.polygons), size=list(img.size), packed=img.packed_file is not None,
+                    pixels=list(img.pixels), linked=bsdf.inputs["Base Color"].links[0].from_node == tex,
+                    props={{k: obj[k] for k in obj.keys()}}, selected=obj.select_get(),
+                    in_scene=obj.name in bpy.context.scene.objects))
+report(objects=out, active=bpy.context.view_layer.objects.active.name)
+""", tmp_path)
+    first, second = facts["objects"]
+    assert [first["name"], second["name"]] == ["a red teapot 1", "a red teapot 2"]
+    assert facts["active"] == first["name"]
+    for obj, entry, uv in ((first, entries[0], uv_vertex[faces]), (second, entries[1], uv_corner)):
+        mesh = np.load(entry["mesh"])
+        assert obj["verts"] == len(mesh["positions"]) and obj["faces"] == len(mesh["faces"])
+        assert obj["loop_verts"] == mesh["faces"].ravel().tolist()
+        np.testing.assert_allclose(np.reshape(obj["uv"], (-1, 2)), uv.reshape(-1, 2), atol=1e-6)
+        assert obj["smooth"] and obj["packed"] and obj["linked"] and obj["selected"] and obj["in_scene"]
+        rgb = np.asarray(Image.open(entry["albedo"]), dtype=np.float32) / 255
+        assert obj["size"] == [rgb.shape[1], rgb.shape[0]]
+        pixels = np.reshape(obj["pixels"], (rgb.shape[0], rgb.shape[1], 4))[::-1]  # Blender rows go bottom-up
+        np.testing.assert_allclose(pixels[..., :3], rgb, atol=1e-3)
+    # The result's own normals become the custom normals: each corner gets its vertex's normal.
+    np.testing.assert_allclose(np.reshape(first["normals"], (-1, 3)), normals[faces.ravel()], atol=1e-3)
+    assert first["props"]["prolific_prompt"] == "  a   red teapot "
+    assert (first["props"]["prolific_seed"], second["props"]["prolific_seed"]) == (11, 12)
+    assert json.loads(first["props"]["prolific_settings"]) == {"preset": "test", "seed": 11}
+    assert first["props"]["prolific_job"] == "job-1"
+    # Side by side along X, centred on the 3D cursor, without overlapping.
+    (x0, y0, z0), (x1, y1, z1) = first["location"], second["location"]
+    assert (y0, z0, y1, z1) == (20, 30, 20, 30)
+    assert x0 + x1 == pytest.approx(20.0) and x1 - x0 >= 2.0  # the second object is 2 m wide
+
+
+def test_seams_get_welded_normals_without_a_normals_array(tmp_path):
+    # Two triangles of a flat square whose shared edge is split (a UV seam): both sides must shade the same.
+    positions = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=np.float32)
+    faces = np.array([[0, 1, 2], [3, 4, 5]])
+    entry = write_object(tmp_path / "job" / "object_0", positions, faces, np.zeros((6, 2)))
+    facts = run_blender(LOAD_MODULE + f"""
+import numpy as np
+obj = scene_import.import_result([{entry!r}], "square", 0, {{}})[0]
+n = np.empty(len(obj.data.loops) * 3, dtype=np.float32)
+obj.data.corner_normals.foreach_get("vector", n)
+report(normals=n.tolist())
+""", tmp_path)
+    np.testing.assert_allclose(np.reshape(facts["normals"], (-1, 3)), [[0, 0, 1]] * 6, atol=1e-4)
+
+
+def test_a_broken_result_names_the_file_and_the_problem(tmp_path):
+    folder = tmp_path / "job" / "object_0"
+    folder.mkdir(parents=True)
+    np.savez(folder / "mesh.npz", positions=np.zeros((3, 3), np.float32), faces=np.array([[0, 1, 5]], np.int32))
+    facts = run_blender(LOAD_MODULE + f"""
+try:
+    scene_import.import_result([{{"mesh": {str(folder / "mesh.npz")!r}}}], "x", 0, {{}})
+except scene_import.ResultError as err:
+    report(error=str(err), objects=len(bpy.data.objects))
+""", tmp_path)
+    assert "mesh.npz" in facts["error"] and "vertex that does not exist" in facts["error"]
+
+
+def sphere_grid(n: int):
+    u, v = np.meshgrid(np.linspace(0, 1, n + 1), np.linspace(0, 1, n + 1))
+    theta, phi = u * 2 * np.pi, v * np.pi
+    positions = np.stack([np.sin(phi) * np.cos(theta), np.sin(phi) * np.sin(theta), np.cos(phi)], -1).reshape(-1, 3)
+    idx = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, 1:], idx[1:, :-1]
+    faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)])
+    return positions, faces, np.stack([u, v], -1).reshape(-1, 2)
+
+
+def test_a_million_triangles_import_in_a_few_seconds(tmp_path):
+    positions, faces, uv = sphere_grid(708)
+    assert len(faces) > 1_000_000
+    entry = write_object(tmp_path / "job" / "object_0", positions, faces, uv, texture_size=(1024, 1024))
+    facts = run_blender(LOAD_MODULE + f"""
+import time
+t = time.perf_counter()
+obj = scene_import.import_result([{entry!r}], "big sphere", 0, {{}})[0]
+seconds = time.perf_counter() - t
+report(seconds=seconds, faces=len(obj.data.polygons), verts=len(obj.data.vertices))
+""", tmp_path)
+    print(f"\n1M-triangle import: {facts['faces']} triangles, {facts['verts']} vertices in {facts['seconds']:.2f} s")
+    assert facts["faces"] == len(faces) and facts["verts"] == len(positions)
+    assert facts["seconds"] < 5.0

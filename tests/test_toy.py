@@ -1,0 +1,85 @@
+"""The toy world: shape SDFs, the sphere-tracing renderer, captions and split, the prior check's scoring."""
+from __future__ import annotations
+
+import torch
+
+from prolific.render.cameras import cameras_from_angles
+from prolific.toy import check
+from prolific.toy.dataset import ToyData
+from prolific.toy.render import render
+from prolific.toy.shapes import HELD_OUT, PALETTE, RADIUS, SHAPES, caption, parse_caption, sdf, training_pairs
+
+
+def _front_camera(n: int = 1, elevation: float = 15.0):
+    ones = torch.ones(n)
+    return cameras_from_angles(elevation * ones, 20.0 * ones, 1.75 * ones, 50.0 * ones)
+
+
+def test_sphere_and_cube_distances_are_exact():
+    dirs = torch.nn.functional.normalize(torch.randn(100, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert torch.allclose(sdf("sphere", 0.45 * dirs), torch.zeros(100), atol=1e-6)
+    assert abs(sdf("sphere", torch.zeros(1, 3)).item() + 0.45) < 1e-6
+    faces = torch.tensor([[0.33, 0, 0], [0, -0.33, 0.1], [0.1, 0.2, 0.33]])
+    assert torch.allclose(sdf("cube", faces), torch.zeros(3), atol=1e-6)
+    assert abs(sdf("cube", torch.tensor([[0.5, 0.0, 0.0]])).item() - 0.17) < 1e-6
+    assert abs(sdf("cube", torch.tensor([[0.53, 0.53, 0.0]])).item() - 0.2 * 2 ** 0.5) < 1e-6
+    assert abs(sdf("cube", torch.zeros(1, 3)).item() + 0.33) < 1e-6
+
+
+def test_every_shape_is_solid_and_inside_its_bounding_sphere():
+    dirs = torch.nn.functional.normalize(torch.randn(2000, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
+    inside = {"torus": torch.tensor([[0.38, 0.0, 0.0]]), "table": torch.tensor([[0.0, 0.0, 0.12]])}
+    for shape in SHAPES:
+        assert (sdf(shape, (RADIUS + 0.01) * dirs) > 0).all(), shape
+        assert sdf(shape, inside.get(shape, torch.zeros(1, 3))).item() < 0, shape
+
+
+def test_render_is_white_around_the_object_and_coloured_on_it():
+    cams = _front_camera(2)
+    albedo = torch.tensor([PALETTE["red"], PALETTE["blue"]])
+    out = render(["sphere", "cube"], albedo, cams, 32, 32, shaded=torch.tensor([False, True]))
+    rgb, mask = out["rgb"], out["mask"]
+    assert torch.equal(rgb[:, :, 0, 0], torch.ones(2, 3)) and mask[:, 0, 0, 0].eq(0).all()
+    assert mask[:, 0, 16, 16].eq(1).all()
+    assert torch.allclose(rgb[0, :, 16, 16], albedo[0])  # flat shading = albedo
+    lit = rgb[1, :, 16, 16]
+    assert lit.argmax() == 2 and lit.max() < albedo[1].max() + 1e-6  # shaded blue, no brighter than albedo
+    assert torch.allclose(out["albedo"][1, :, 16, 16], albedo[1])
+    # the sphere's silhouette is a disc of the expected projected radius (0.45 at 1.75 m, fov 50°)
+    area = mask[0, 0].sum().item()
+    r_px = 16 * (0.45 / (1.75 ** 2 - 0.45 ** 2) ** 0.5) / torch.tan(torch.deg2rad(torch.tensor(25.0))).item()
+    assert abs(area - torch.pi * r_px ** 2) < 0.1 * area
+
+
+def test_captions_and_split_are_deterministic():
+    data = ToyData(image_size=16, supersample=1)
+    a = data.sample(12, torch.Generator().manual_seed(3))
+    b = data.sample(12, torch.Generator().manual_seed(3))
+    c = data.sample(12, torch.Generator().manual_seed(4))
+    assert a.captions == b.captions and torch.equal(a.images, b.images)
+    assert a.captions != c.captions
+    assert all(p not in training_pairs() for p in HELD_OUT) and len(training_pairs()) == 56 - len(HELD_OUT)
+    for text, shape, colour in zip(a.captions, a.shapes, a.colours):
+        assert (shape, colour) not in HELD_OUT
+        named_shape, named_colour = parse_caption(text)
+        assert named_shape in (shape, None) and named_colour in (colour, None)
+    assert caption("cube", "orange") == "an orange cube" and caption("torus") == "a torus"
+
+
+def test_check_scoring_passes_true_renders_and_fails_wrong_colours_blanks_and_fills():
+    templates = check.silhouette_templates(size=48)
+    cases = check.held_out_cases()
+    assert len(cases) == 10 and len({c.full_prompt for c in cases}) == 10
+    truth = check.true_renders(cases, 48)
+    for case, image in zip(cases, truth):
+        [score] = check.score_images(image[None], case.shape, case.colour, templates)
+        assert score["ok"] and score["iou"] > 0.8, (case.full_prompt, score)
+    wrong = "green" if cases[0].colour != "green" else "red"
+    recoloured = check.true_renders([check.Case(cases[0].shape, wrong, cases[0].direction)], 48)
+    [score] = check.score_images(recoloured, cases[0].shape, cases[0].colour, templates)
+    assert not score["ok"] and score["colour"] == wrong
+    [blank] = check.score_images(torch.ones(1, 3, 48, 48), "cube", "red", templates)
+    assert not blank["ok"] and blank["iou"] == 0.0
+    [full] = check.score_images(torch.tensor(PALETTE["red"]).view(1, 3, 1, 1).expand(1, 3, 48, 48), "cube", "red",
+                                templates)
+    assert not full["ok"] and full["colour"] == "red"  # a frame filled with red is not a red cube

@@ -1,0 +1,61 @@
+"""The quality benchmark's scores: a mesh of the true object scores near perfect, a wrong one does not."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prolific.field.dmtet import make_tet_grid, marching_tets
+from prolific.render.raster import TorchRasterizer
+from prolific.toy import quality
+from prolific.toy.model import build_models, build_tokenizer, save_model
+from prolific.toy.shapes import PALETTE, sdf
+
+
+def true_mesh(shape: str, colour: str, turn_deg: float = 0.0) -> quality.Mesh:
+    verts, tets = make_tet_grid(24, 0.8)
+    m = marching_tets(verts, sdf(shape, verts), tets)
+    uv = torch.full((len(m.positions), 2), 0.5)
+    mesh = quality.Mesh(m.positions, m.faces, uv, torch.tensor(PALETTE[colour]).expand(4, 4, 3).clone())
+    mesh.positions = mesh.turned(turn_deg)
+    return mesh
+
+
+@pytest.fixture(scope="module")
+def raster():
+    return TorchRasterizer()
+
+
+def test_the_true_object_scores_near_perfect_even_when_turned(raster):
+    g = torch.Generator().manual_seed(0)
+    good = quality.score_mesh(raster, true_mesh("cube", "red", turn_deg=30.0), "cube", "red", g)
+    assert good["silhouette_iou"] > 0.85 and good["volume_iou"] > 0.85, good
+    assert good["chamfer"] < 0.04 and good["albedo_error"] < 0.02 and good["colour_ok"], good
+    wrong = quality.score_mesh(raster, true_mesh("torus", "blue"), "cube", "red", g)
+    assert wrong["silhouette_iou"] < good["silhouette_iou"] - 0.2 and wrong["volume_iou"] < 0.5, wrong
+    assert wrong["chamfer"] > 2 * good["chamfer"] and not wrong["colour_ok"] and wrong["colour"] == "blue"
+
+
+def test_volume_iou_separates_shapes():
+    cone = true_mesh("cone", "red")
+    assert quality.volume_iou(cone.positions, cone.faces, "cone") > 0.9
+    assert quality.volume_iou(cone.positions, cone.faces, "cylinder") < 0.7
+
+
+def test_diversity_distance_is_zero_for_copies_and_large_for_different_shapes(raster):
+    cube, torus = true_mesh("cube", "red"), true_mesh("torus", "red")
+    assert quality.pairwise_distance(raster, [cube, cube]) < 0.02
+    assert quality.pairwise_distance(raster, [cube, torus]) > 0.3
+
+
+def test_benchmark_runs_the_pipeline_and_reports_scores(tmp_path):
+    tok = build_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "toy", *build_models(tok, "tiny"), tok)
+    report = quality.run_quality(str(model), prompts=["a red cube"], preset="test", guidances=("vsd",),
+                                 diversity_runs=2, out_dir=tmp_path / "bench", device="cpu", log=lambda _: None)
+    [row] = report["runs"]
+    assert row["guidance"] == "vsd" and 0.0 <= row["silhouette_iou"] <= 1.0 and row["chamfer"] > 0
+    assert len(report["diversity"]["vsd"]["shapes"]) == 2
+    assert json.loads((tmp_path / "bench" / "quality.json").read_text())["summary"]["vsd"]["volume_iou"] is not None

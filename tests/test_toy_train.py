@@ -1,0 +1,59 @@
+"""The toy prior's model folder and training script: loads through the real loader, fits the size limit, resumes."""
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors import safe_open
+
+from prolific.prior import bundled
+from prolific.prior.diffusion import load_prior
+from prolific.toy import train
+from prolific.toy.model import SIZE_LIMIT_BYTES, build_models, build_tokenizer, fp16_bytes, save_model
+
+CPU = torch.device("cpu")
+
+
+def test_full_model_fits_the_bundle_limit_in_fp16(tmp_path):
+    unet, text = build_models(build_tokenizer(tmp_path / "tok"), "full")
+    assert unet.config.sample_size == 64 and unet.config.in_channels == 3
+    assert 5_000_000 < fp16_bytes(unet, text) <= SIZE_LIMIT_BYTES
+
+
+def test_saved_folder_loads_through_the_prior_loader_as_pixel_space_fp16(tmp_path):
+    tok = build_tokenizer(tmp_path / "tok")
+    unet, text = build_models(tok, "tiny")
+    folder = save_model(tmp_path / "toy", unet, text, tok, {"steps": 0})
+    assert not (folder / "vae").exists()
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    prior = load_prior(str(folder), CPU, torch.float32)
+    assert prior.pixel_space and prior.image_size == 16 and prior.num_train_timesteps == 1000
+    emb = prior.embed_prompt("a red cube")
+    cond, uncond = emb.get(["front", "side"])
+    eps = prior.predict_noise(torch.randn(2, 3, 16, 16), torch.tensor([10, 900]), cond, uncond, 5.0)
+    assert eps.shape == (2, 3, 16, 16) and torch.isfinite(eps).all()
+    assert json.loads((folder / "toy.json").read_text())["held_out"]
+
+
+def test_training_runs_on_cpu_and_resumes_where_it_stopped(tmp_path):
+    out, work = tmp_path / "toy", tmp_path / "work"
+    common = ["--out", str(out), "--work", str(work), "--size", "tiny", "--batch", "2", "--pool", "4",
+              "--chunk", "4", "--device", "cpu", "--log-every", "1"]
+    first = train.main(common + ["--steps", "3"])
+    assert first["steps"] == 3
+    saved = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert saved["step"] == 3 and {"unet", "ema_unet", "opt"} <= saved.keys()
+    second = train.main(common + ["--steps", "5", "--resume"])
+    assert second["steps"] == 5
+    prior = load_prior(str(out), CPU, torch.float32)
+    assert prior.image_size == 16
+    ema = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=False)["ema_unet"]
+    key = next(k for k in ema if k.endswith("conv_in.weight"))
+    assert torch.allclose(prior.unet.state_dict()[key], ema[key].half().float())
+
+
+def test_bundled_model_dir_is_the_package_models_folder():
+    assert bundled.BUNDLED_MODEL_DIR.parts[-3:] == ("prolific", "models", "toy")
+    assert bundled.bundled_available() == (bundled.BUNDLED_MODEL_DIR / "unet").is_dir()
+    assert "red cube" in bundled.vocabulary_hint()
