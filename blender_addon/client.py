@@ -30,6 +30,7 @@ BACKEND_CRASHED = "backend_crashed"
 BACKEND_UNAVAILABLE = "backend_unavailable"
 PROTOCOL_MISMATCH = "protocol_mismatch"
 LOG_TAIL_LINES = 40
+LOG_MAX_BYTES = 10_000_000  # then the log moves to <name>.old and starts afresh
 
 
 class BackendError(Exception):
@@ -57,13 +58,15 @@ class BackendClient:
         self._backlog: list[dict] = []  # events taken off the queue by wait_job() for other requests
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
-        self._pending: set[str] = set()  # generate requests without a terminal event yet
+        # Generate requests without a terminal event yet → the child they went to (a crash ends only its own jobs).
+        self._pending: dict[str, subprocess.Popen | None] = {}
         self._outbox: list[dict] = []
         self._hello_id: str | None = None
         self._ready = threading.Event()  # set when the handshake passed or failed
         self._failure: BackendError | None = None
         self._closing = False
         self._log_tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
+        self._readers: list[threading.Thread] = []
         _LIVE.add(self)
 
     # ----- lifecycle -----
@@ -91,6 +94,7 @@ class BackendClient:
             if self.alive:
                 return
             self._reset()
+            self._rotate_log()
             kwargs: dict[str, Any] = {}
             if sys.platform == "win32":
                 kwargs["creationflags"] = subprocess.CREATE_NO_WINDOW
@@ -108,10 +112,13 @@ class BackendClient:
                                         "Set the backend Python in the add-on preferences or press Set up backend."))
                 return
             proc = self._proc
-            threading.Thread(target=self._read_stdout, args=(proc,), name="prolific-events", daemon=True).start()
-            threading.Thread(target=self._read_stderr, args=(proc,), name="prolific-log", daemon=True).start()
+            self._readers = [threading.Thread(target=self._read_stdout, args=(proc,), name="prolific-events",
+                                              daemon=True),
+                             threading.Thread(target=self._read_stderr, args=(proc,), name="prolific-log", daemon=True)]
+            for reader in self._readers:
+                reader.start()
             self._hello_id = self._new_id("hello")
-            self._write(proc, {"op": "hello", "id": self._hello_id})
+            self._send({"op": "hello", "id": self._hello_id})
 
     def wait_ready(self, timeout: float = 300.0) -> dict:
         """Start if needed and block until the handshake passed; returns the hello event or raises BackendError."""
@@ -124,10 +131,13 @@ class BackendClient:
         return dict(self.hello or {})
 
     def close(self, timeout: float = 5.0) -> None:
-        """Ask the child to shut down, then terminate and finally kill it; always reaps it."""
+        """Ask the child to shut down, then terminate and finally kill it; always reaps it. Jobs it still had
+        end with `cancelled`."""
         with self._lock:
             proc, self._closing = self._proc, True
+            self._outbox.clear()
         if proc is None:
+            self._end_pending(None)
             return
         if proc.poll() is None:
             try:
@@ -144,12 +154,21 @@ class BackendClient:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for stream in (proc.stdout, proc.stderr):
+        for reader in self._readers:  # they end at EOF, after handing over the child's last events
+            reader.join(timeout)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
             try:
                 stream.close()
-            except (OSError, ValueError):
-                pass
+            except OSError:
+                pass  # stdin's last flush into a dead child
+        self._end_pending(proc)
         _LIVE.discard(self)
+
+    def _end_pending(self, proc: subprocess.Popen | None) -> None:
+        with self._lock:
+            for rid in [rid for rid, owner in self._pending.items() if owner is proc]:
+                del self._pending[rid]
+                self._events.put({"event": "cancelled", "id": rid, "message": "The backend was stopped."})
 
     # ----- requests -----
     def request(self, op: str, **fields: Any) -> str:
@@ -162,7 +181,7 @@ class BackendClient:
             rid = fields.pop("id", None) or self._new_id(op)
             message = {"op": op, "id": rid, **fields}
             if op == "generate":
-                self._pending.add(rid)
+                self._pending[rid] = self._proc
             if self._failure is not None:
                 self._finish_with_error(rid, self._failure)
             elif self.hello is None:
@@ -185,7 +204,7 @@ class BackendClient:
             queued = [m for m in self._outbox if m.get("id") == job_id]
             if queued:  # never reached the backend: drop it here
                 self._outbox.remove(queued[0])
-                self._pending.discard(job_id)
+                self._pending.pop(job_id, None)
                 self._events.put({"event": "cancelled", "id": job_id})
                 return
         if self.alive and job_id in self._pending:
@@ -278,6 +297,13 @@ class BackendClient:
         for raw in proc.stderr:
             self._log(raw.decode("utf-8", errors="replace").rstrip())
 
+    def _rotate_log(self) -> None:
+        try:
+            if self.log_path is not None and self.log_path.stat().st_size > LOG_MAX_BYTES:
+                self.log_path.replace(self.log_path.with_name(self.log_path.name + ".old"))
+        except OSError:
+            pass  # no log yet
+
     def _log(self, line: str) -> None:
         self._log_tail.append(line)
         if self.log_path is not None:
@@ -292,11 +318,16 @@ class BackendClient:
         with self._lock:
             if proc is not self._proc:
                 return
-            if event.get("event") == "hello" and event.get("id") == self._hello_id:
-                self._on_hello(event)
+            if event.get("id") == self._hello_id and self._hello_id is not None:
+                if event.get("event") == "hello":
+                    self._on_hello(event)
+                else:
+                    self._fail(BackendError(PROTOCOL_MISMATCH, "The backend refused the hello handshake: "
+                                            f"{event.get('message', event)}"))
+                    self._proc.terminate()
                 return
             if event.get("event") in TERMINAL_EVENTS:
-                self._pending.discard(event.get("id"))
+                self._pending.pop(event.get("id"), None)
         self._events.put(event)
 
     def _on_hello(self, event: dict) -> None:
@@ -318,23 +349,23 @@ class BackendClient:
             self._send(message)
 
     def _fail(self, error: BackendError) -> None:
-        """The backend cannot serve: every request waiting on it ends with `error`."""
+        """The current child cannot serve: every request waiting on it ends with `error`."""
         self._failure = error
         self._ready.set()
         self._outbox.clear()
-        for rid in list(self._pending):
+        for rid in [rid for rid, owner in self._pending.items() if owner is self._proc]:
             self._finish_with_error(rid, error)
 
     def _finish_with_error(self, rid: str, error: BackendError) -> None:
-        self._pending.discard(rid)
+        self._pending.pop(rid, None)
         self._events.put({"event": "error", "id": rid, "code": error.code, "message": error.message})
 
     def _on_exit(self, proc: subprocess.Popen) -> None:
         with self._lock:
-            if proc is not self._proc or self._closing:
-                return
-            if self._failure is not None:
-                return
+            if self._closing and proc is self._proc:
+                return  # close() ends the jobs
+            if proc is self._proc and self._failure is not None:
+                return  # already reported (wrong protocol)
             code = proc.returncode
             if self.hello is None:
                 error = BackendError(BACKEND_UNAVAILABLE,
@@ -344,7 +375,11 @@ class BackendClient:
                 error = BackendError(BACKEND_CRASHED,
                                      f"The backend stopped unexpectedly (exit code {code}). It will restart on the "
                                      "next request." + self._log_hint())
-            self._fail(error)
+            if proc is self._proc:
+                self._fail(error)
+            else:  # a newer child already replaced it: end only the jobs this one had
+                for rid in [rid for rid, owner in self._pending.items() if owner is proc]:
+                    self._finish_with_error(rid, error)
 
     def _log_hint(self) -> str:
         lines = [line for line in self._log_tail if line.strip()][-3:]

@@ -14,7 +14,7 @@ from typing import Any
 import bpy
 
 from . import installer, scene_import
-from .client import SERVE_ARGS, TERMINAL_EVENTS, BackendClient, BackendError
+from .client import SERVE_ARGS, BackendClient, BackendError
 
 KEEP_FINISHED = 20
 BUSY_INTERVAL_S = 0.1
@@ -120,28 +120,39 @@ def output_dir() -> Path:
 
 
 def client() -> BackendClient:
-    """The session's client for the current preferences; a changed python, model or device restarts it."""
+    """The session's client. Model and device travel with each job, so changing them needs no restart while
+    jobs run; a changed backend Python always restarts the backend (its jobs end as cancelled)."""
     global _client, _client_key
     p = prefs()
     python = bpy.path.abspath(p.backend_python.strip()) if p.backend_python.strip() else ""
     if not python:
         raise BackendError("backend_unavailable", "No backend Python is set: open Edit > Preferences > Add-ons > "
                            "Prolific Dreamer and press Set up backend, or choose an existing backend Python.")
-    key = (python, p.model.strip(), p.device)
-    if _client is None or key != _client_key:
-        if _client is not None:
-            _client.close()
-        args = list(SERVE_ARGS)
-        if p.model.strip():
-            model = p.model.strip()
-            args += ["--model", bpy.path.abspath(model) if os.path.isdir(bpy.path.abspath(model)) else model]
-        args += ["--device", p.device]
+    key = (python, model_setting(), p.device)
+    if _client is not None and key != _client_key and (key[0] != _client_key[0] or not _client.pending):
+        old, _client = _client, None
+        old.close()
+        for event in old.poll():
+            QUEUE.apply(event)
+    if _client is None:
+        args = [*SERVE_ARGS, "--device", p.device]  # the serve defaults only show in hello: jobs name their own
+        if model_setting():
+            args += ["--model", model_setting()]
         env = dict(os.environ)
         if not bpy.app.online_access:
             env["HF_HUB_OFFLINE"] = "1"  # Blender's "Allow Online Access" is off: the backend must not download
         log = Path(bpy.utils.extension_path_user(__package__, create=True)) / "backend.log"
         _client, _client_key = BackendClient(python, args, env=env, log_path=log), key
     return _client
+
+
+def model_setting() -> str | None:
+    """The model preference as the backend wants it: an absolute folder, an HF id, or None (bundled model)."""
+    model = prefs().model.strip()
+    if not model:
+        return None
+    folder = bpy.path.abspath(model)
+    return folder if os.path.isdir(folder) else model
 
 
 def backend_pid() -> int | None:
@@ -163,8 +174,9 @@ def submit(prompt: str, preset: str, seed: int, variations: int, overrides: dict
         c = client()
         if not c.ready:
             backend_status.update(state="starting", text="Starting the backend...")
+        fields = {"model": model_setting(), "device": prefs().device, **overrides}  # a script's own win
         job.id = c.generate(prompt, preset=preset, seed=seed, particles=variations, out_dir=str(output_dir()),
-                            **overrides)
+                            **fields)
     except BackendError as err:
         job.id = f"failed-{time.monotonic_ns()}"
         job.state, job.code, job.message = "error", err.code, err.message
@@ -242,15 +254,14 @@ def _import(job: Job, event: dict, undo: bool) -> None:
 
 
 def _pump_setup() -> bool:
+    """Follow a running set-up; once done, point the backend Python at the new venv. True while it changes."""
     global setup
-    if setup is None:
+    if setup is None or setup.status.state not in ("running", "done"):
         return False
-    status = setup.status
-    if status.state == "done":
+    if setup.status.state == "done":
         prefs().backend_python = str(setup.python)
-        setup_done = setup
+        backend_status.update(state="stopped", text=setup.status.message)
         setup = None
-        backend_status.update(state="stopped", text=setup_done.status.message)
     return True
 
 

@@ -157,8 +157,12 @@ class PROLIFIC_OT_unwrap_xatlas(bpy.types.Operator):
         return context.mode == "OBJECT" and any(o.type == "MESH" for o in context.selected_objects)
 
     def execute(self, context):
-        import xatlas  # the wheel bundled with the extension
-
+        try:
+            import xatlas  # the wheel bundled with the extension
+        except ImportError:
+            self.report({"ERROR"}, "xatlas is missing: install the add-on from a zip made by build_addon.py, which "
+                        "bundles it.")
+            return {"CANCELLED"}
         meshes = {o.data for o in context.selected_objects if o.type == "MESH"}
         for mesh in meshes:
             unwrap_mesh(mesh, xatlas)

@@ -52,13 +52,29 @@ for name in job.objects:
 report(result=sorted(result), seconds=seconds, objects=objects, backend_objects=job.result["objects"],
        status=jobs.backend_status["text"])
 
+# The sidebar's way: Generate returns at once; the timer callback pumps events until the objects exist.
+t = time.monotonic()
+ui_result = bpy.ops.prolific.generate(prompt="a blue chair", preset="test", seed=1)
+returned_after = time.monotonic() - t
+ui_job = jobs.QUEUE.jobs[-1]
+states, intervals = [ui_job.state], []
+while not ui_job.finished and time.monotonic() - t < 600:
+    intervals.append(jobs._timer())
+    states.append(ui_job.state)
+    time.sleep(0.05)
+report(ui_result=sorted(ui_result), returned_after=returned_after, ui_states=states, ui_objects=ui_job.objects,
+       busy_interval=intervals[0], idle_interval=jobs._timer())
+
 # Unwrap with xatlas from the bundled wheel on the imported mesh.
 bpy.ops.object.select_all(action="DESELECT")
 first = bpy.data.objects[job.objects[0]]
 first.select_set(True)
 bpy.context.view_layer.objects.active = first
-report(unwrap=sorted(bpy.ops.prolific.unwrap_xatlas()), uv_layers=[l.name for l in first.data.uv_layers],
-       active_uv=first.data.uv_layers.active.name)
+unwrap = sorted(bpy.ops.prolific.unwrap_xatlas())
+new_uv = np.empty(len(first.data.loops) * 2, dtype=np.float32)
+first.data.uv_layers["xatlas"].uv.foreach_get("vector", new_uv)
+report(unwrap=unwrap, uv_layers=[l.name for l in first.data.uv_layers], active_uv=first.data.uv_layers.active.name,
+       xatlas_uv=[float(new_uv.min()), float(new_uv.max()), len(np.unique(new_uv.reshape(-1, 2), axis=0))])
 
 # A job the backend refuses: the operator fails with the backend's sentence; the script API raises.
 prefs.model = {missing!r}
@@ -125,9 +141,19 @@ def test_generate_headless_creates_the_backend_objects(story):
     print(f"\nheadless generate (2 variations, test preset, CPU, incl. backend start): {story['seconds']:.1f} s")
 
 
+def test_generate_from_the_sidebar_returns_at_once_and_the_timer_imports(story):
+    assert story["ui_result"] == ["FINISHED"] and story["returned_after"] < 1.0
+    states = story["ui_states"]
+    assert states[0] in ("starting", "queued") and "running" in states and states[-1] == "done"
+    assert story["ui_objects"] == ["a blue chair"]
+    assert story["busy_interval"] < story["idle_interval"]
+
+
 def test_unwrap_with_xatlas_adds_a_uv_map(story):
     assert story["unwrap"] == ["FINISHED"]
     assert story["uv_layers"] == ["UVMap", "xatlas"] and story["active_uv"] == "xatlas"
+    low, high, distinct = story["xatlas_uv"]
+    assert 0.0 <= low < high <= 1.0 and distinct > 3  # every corner got a packed chart coordinate
 
 
 def test_a_failing_job_reports_the_backends_message(story):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -98,11 +99,14 @@ def test_backend_killed_mid_job_gives_an_error_and_the_next_job_restarts_it(back
     assert backend.pid != old_pid
 
 
-def test_close_leaves_no_process(backend):
-    backend.wait_ready(timeout=120)
+def test_close_ends_the_running_job_and_leaves_no_process(backend, tmp_path):
+    job = backend.generate("a blue chair", preset="test", out_dir=tmp_path / "out", **SLOW)
+    first_progress(backend, job)
     pid = backend.pid
     backend.close()
     assert gone(pid)
+    assert backend.wait_job(job, timeout=5)[-1]["event"] == "cancelled"
+    assert backend.pending == set()
 
 
 FAKE_PEER = """
@@ -142,3 +146,32 @@ def test_a_python_without_the_backend_is_reported(tmp_path):
     with pytest.raises(BackendError) as err:
         missing.wait_ready(timeout=5)
     assert "Cannot start the backend" in err.value.message
+
+
+SLEEPY_PEER = """
+    import json, sys, time
+    request = json.loads(sys.stdin.readline())
+    print(json.dumps({"event": "hello", "id": request["id"], "protocol": 1, "backend": "test"}), flush=True)
+    time.sleep(600)  # deaf from now on: only a signal ends it
+"""
+
+FORGETFUL_PARENT = """
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("client", sys.argv[1])
+    client_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client_mod)
+    client = client_mod.BackendClient(sys.executable, [sys.argv[2]])
+    client.wait_ready(timeout=30)
+    print(client.pid, flush=True)
+    # exits without close(): the atexit hook must still end the child
+"""
+
+
+def test_the_child_ends_when_the_parent_exits_without_closing(tmp_path):
+    peer, parent = tmp_path / "peer.py", tmp_path / "parent.py"
+    peer.write_text(textwrap.dedent(SLEEPY_PEER))
+    parent.write_text(textwrap.dedent(FORGETFUL_PARENT))
+    done = subprocess.run([sys.executable, str(parent), str(ROOT / "blender_addon" / "client.py"), str(peer)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert gone(int(done.stdout.strip()))

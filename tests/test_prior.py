@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prolific.errors import ModelNotFound
-from prolific.prior.diffusion import VIEW_SUFFIXES, load_prior, resolve_dtype
+from prolific.prior.diffusion import VIEW_SUFFIXES, load_prior
 from prolific.prior.tokenizer import build_word_tokenizer
 
 CPU = torch.device("cpu")
@@ -177,12 +177,6 @@ def test_v_prediction_models_are_converted_to_epsilon(pixel_prior, monkeypatch):
         eps = pixel_prior.unet_eps(x_t, t, cond)
     ab = pixel_prior.alphas_cumprod[400]
     assert torch.allclose(eps, ab.sqrt() * raw + (1 - ab).sqrt() * x_t, atol=1e-5)
-
-
-def test_dtype_follows_the_device_and_the_setting():
-    assert resolve_dtype("auto", CPU) == torch.float32
-    assert resolve_dtype("bf16", CPU) == torch.bfloat16
-    assert resolve_dtype("fp16", torch.device("cuda")) == torch.float16
 
 
 def test_half_precision_load_keeps_fp32_outputs(tiny_pixel_model):

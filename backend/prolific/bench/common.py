@@ -20,13 +20,16 @@ BUILT_SHAPES = ("sd21", "tiny")
 
 
 def add_common_args(parser: argparse.ArgumentParser, resolutions: str) -> None:
-    parser.add_argument("--model", default="sd21",
-                        help="sd21 (default: build SD-2.1-base-shaped random weights), tiny (toy width, for CPU "
-                             "runs), or a diffusers folder / Hugging Face id")
+    parser.add_argument("--model", default=None,
+                        help="sd21 (build SD-2.1-base-shaped random weights; the default on a GPU), tiny (the "
+                             "same architecture at toy width; the default on a CPU), or a diffusers folder / "
+                             "Hugging Face id")
     parser.add_argument("--model-cache", default=None,
                         help="folder for the built random-weight models (default: $TMPDIR/prolific-bench)")
     parser.add_argument("--preset", default=None, help="config preset (default: standard on GPU, test on CPU)")
-    parser.add_argument("--resolutions", default=resolutions, help="comma-separated render resolutions")
+    parser.add_argument("--resolutions", default=None,
+                        help=f"comma-separated render resolutions (default: {resolutions} on a GPU, the "
+                             "preset's on a CPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per resolution")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--particles", type=int, default=1)
@@ -59,7 +62,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def parse_resolutions(text: str) -> list[int]:
+def parse_resolutions(text: str | None, device: torch.device, gpu_default: str, cpu_default) -> list[int]:
+    if text is None:
+        text = gpu_default if device.type == "cuda" else ",".join(str(r) for r in cpu_default)
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -85,6 +90,8 @@ def variants(args, device: torch.device) -> list[tuple[str, SpeedOptions, bool]]
 
 def prepare_model(args, device: torch.device) -> str:
     """The model folder or id to load: built random weights for sd21/tiny, else what was given."""
+    if args.model is None:
+        args.model = "sd21" if device.type == "cuda" else "tiny"
     if args.model not in BUILT_SHAPES:
         return args.model
     from ..prior.sd_shapes import build_sd_shaped_model

@@ -10,20 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-
-def unet_forward_flops(unet) -> float:
-    """FLOPs of one forward of this UNet for ONE sample at its own latent size, 77 text tokens."""
-    from diffusers import UNet2DConditionModel
-
-    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
-    with torch.device("meta"):
-        model = UNet2DConditionModel(**config)
-        size = model.config.sample_size
-        x = torch.zeros(1, model.config.in_channels, size, size)
-        ctx = torch.zeros(1, 77, model.config.cross_attention_dim)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x, torch.zeros(1, dtype=torch.long), encoder_hidden_states=ctx)
-    return float(counter.get_total_flops())
+from ..prior.sd_shapes import unet_flops
 
 
 def vae_encoder_flops(vae, size: int) -> float:
@@ -44,7 +31,7 @@ def vsd_step_flops(prior, particles: int, guidance: str, guidance_scale: float) 
     """Diffusion FLOPs of one distillation step with `particles` renders: VAE encoder forward and input-gradient
     backward; the pretrained branch (2 samples with CFG); under VSD ε_φ (1 sample) and the LoRA training step
     (forward + input-gradient backward through the frozen UNet; the rank-r weight gradients are negligible)."""
-    unet = unet_forward_flops(prior.unet)
+    unet = unet_flops(dict(prior.unet.config))
     vae = vae_encoder_flops(prior.vae, prior.image_size)
     pretrained = 2 if guidance_scale != 1.0 else 1
     samples = pretrained + (3 if guidance == "vsd" else 0)  # ε_φ, training forward, its backward

@@ -24,6 +24,7 @@ from .flops import vsd_step_flops
 from .timing import PartTimer, patched
 
 NEVER = 10**9
+GPU_RESOLUTIONS = "512"
 
 
 class BenchReporter:
@@ -44,7 +45,7 @@ class BenchReporter:
 def build_parser(stage: str) -> argparse.ArgumentParser:
     what = "geometry (normal-map SDS on a DMTet)" if stage == "stage2" else "texture (VSD on an albedo field)"
     parser = argparse.ArgumentParser(prog=f"prolific bench {stage}", description=f"Time the {what} step.")
-    common.add_common_args(parser, resolutions="512")
+    common.add_common_args(parser, resolutions=GPU_RESOLUTIONS)
     return parser
 
 
@@ -191,12 +192,13 @@ def _failed(result: dict, err: BaseException, device: torch.device) -> dict:
 def run(stage: str, argv: list[str]) -> dict:
     args = build_parser(stage).parse_args(argv)
     device = common.resolve_device(args.device)
-    resolutions = common.parse_resolutions(args.resolutions)
     preset = args.preset or ("standard" if device.type == "cuda" else "test")
     overrides: dict = {"device": str(device), "particles": args.particles}
     if args.guidance and stage == "stage3":
         overrides["texture"] = {"guidance": args.guidance}
     cfg = make_config(common.PROMPT, preset, overrides)
+    own = cfg.geometry.resolution if stage == "stage2" else cfg.texture.resolution
+    resolutions = common.parse_resolutions(args.resolutions, device, GPU_RESOLUTIONS, (own,))
     runs = common.variants(args, device)
     model = common.prepare_model(args, device)
     result = {"bench": stage, **common.environment(device), "model": args.model, "preset": preset,

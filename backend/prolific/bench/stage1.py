@@ -22,9 +22,12 @@ from .flops import vsd_step_flops
 from .timing import PartTimer, patched
 
 
+GPU_RESOLUTIONS = "64,512"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prolific bench stage1", description=__doc__.split("\n\n")[0])
-    common.add_common_args(parser, resolutions="64,512")
+    common.add_common_args(parser, resolutions=GPU_RESOLUTIONS)
     return parser
 
 
@@ -222,12 +225,12 @@ def failed(result: dict, err: BaseException, device: torch.device) -> dict:
 def run(argv: list[str]) -> dict:
     args = build_parser().parse_args(argv)
     device = common.resolve_device(args.device)
-    resolutions = common.parse_resolutions(args.resolutions)
     preset = args.preset or ("standard" if device.type == "cuda" else "test")
     overrides: dict = {"device": str(device), "particles": args.particles}
     if args.guidance:
         overrides["prior"] = {"guidance": args.guidance}
     cfg = make_config(common.PROMPT, preset, overrides)
+    resolutions = common.parse_resolutions(args.resolutions, device, GPU_RESOLUTIONS, cfg.nerf.resolutions)
     runs = common.variants(args, device)
     model = common.prepare_model(args, device)
     result = {"bench": "stage1", **common.environment(device), "model": args.model, "preset": preset,

@@ -37,22 +37,6 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = ("1", "ON", "YES", "TRUE")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """PriorConfig.dtype → torch dtype. auto: fp32 on CPU, bf16 on GPUs that support it, else fp16."""
-    device = torch.device(device)
-    if name == "fp32":
-        return torch.float32
-    if name == "fp16":
-        return torch.float16
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cpu":
-        return torch.float32
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 @dataclass
 class PromptEmbeddings:
     """Text embeddings of one prompt: one conditional embedding per view direction and the negative prompt's."""

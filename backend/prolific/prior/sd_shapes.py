@@ -57,13 +57,14 @@ BENCH_WORDS = ["a", "dslr", "photo", "of", "delicious", "hamburger", "zoomed", "
 
 
 def unet_flops(unet_config: dict, batch: int = 1, text_len: int = 77) -> float:
-    """Forward FLOPs (2 per multiply-add) of a UNet2DConditionModel of this shape, counted once on the meta
-    device with torch's FLOP counter (convolutions, linears, attention matmuls)."""
+    """Forward FLOPs (2 per multiply-add) of a UNet2DConditionModel of this config at its own latent size,
+    counted on the meta device with torch's FLOP counter (convolutions, linears, attention matmuls)."""
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
+    config = {k: v for k, v in unet_config.items() if not k.startswith("_")}  # a loaded model's metadata
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**unet_config)
+        unet = UNet2DConditionModel(**config)
         size = unet.config.sample_size
         x = torch.zeros(batch, unet.config.in_channels, size, size)
         ctx = torch.zeros(batch, text_len, unet.config.cross_attention_dim)

@@ -1,0 +1,1 @@
+"""The toy world and the bundled toy prior trained on it (see prior/bundled.py)."""
