@@ -183,3 +183,29 @@ def test_rays_that_miss_the_box_show_only_background(cfg):
     assert out["depth"][0, 0, 0, 0] == 0
     with pytest.raises(ValueError):
         render_nerf(nerf, None, cams, 4, 4, shading="glossy")
+
+
+@pytest.mark.parametrize("shading", ["albedo", "lambertian"])
+def test_large_renders_run_the_field_in_checkpointed_chunks_with_same_image_and_grads(cfg, shading, monkeypatch):
+    # At 512² the field runs in checkpointed chunks so its activations fit on a GPU; the image and every
+    # gradient must be those of the one-pass render.
+    import prolific.render.volume as volume
+
+    nerf, bg = _nerf(cfg)
+    cams = orbit_cameras(2, elevation_deg=10.0, distance=2.0, fov_deg=50.0)
+
+    def run():
+        nerf.zero_grad(set_to_none=True)
+        out = render_nerf(nerf, bg, cams, 12, 12, shading, samples_per_ray=cfg.samples_per_ray, jitter=False)
+        (out["rgb"] * torch.linspace(0, 1, 12)).sum().backward()
+        return out["rgb"].detach(), nerf.encoding.params.grad.clone(), nerf.mlp[0].weight.grad.clone()
+
+    whole = run()
+    calls = []
+    monkeypatch.setattr(volume, "FIELD_CHUNK", 500)
+    real_checkpoint = volume.checkpoint
+    monkeypatch.setattr(volume, "checkpoint", lambda *a, **k: calls.append(1) or real_checkpoint(*a, **k))
+    chunked = run()
+    assert len(calls) > 1
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -126,6 +126,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "export": {"texture_size": 64, "dilation_px": 2, "turntable_views": 8},
         "prior": {"lora_rank": 2},
     },
+    # README's main command: the bundled toy prior (64 px, pixel space) on a CPU in a few minutes.
+    "demo": {
+        "prior": {"guidance_scale": 5.0},
+        "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "hash_levels": 8,
+                 "hash_log2_size": 15, "hash_max_res": 256, "samples_per_ray": 32, "occupancy_res": 32,
+                 "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "checkpoint_every": 50, "preview_every": 20},
+        "geometry": {"steps": 30, "tet_res": 48, "resolution": 64, "checkpoint_every": 30, "preview_every": 10},
+        "texture": {"steps": 60, "resolution": 64, "checkpoint_every": 30, "preview_every": 10},
+        "export": {"texture_size": 256},
+    },
     "draft": {
         "nerf": {"steps": 1500, "resolutions": (64, 256), "resolution_milestones": (500,),
                  "checkpoint_every": 500, "preview_every": 50},
