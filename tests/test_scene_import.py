@@ -145,3 +145,50 @@ report(seconds=seconds, faces=len(obj.data.polygons), verts=len(obj.data.vertice
     print(f"\n1M-triangle import: {facts['faces']} triangles, {facts['verts']} vertices in {facts['seconds']:.2f} s")
     assert facts["faces"] == len(faces) and facts["verts"] == len(positions)
     assert facts["seconds"] < 5.0
+
+
+def test_a_result_folder_becomes_a_self_contained_blend_file(tmp_path):
+    # README's main command ends with `python -m blender_addon.blend_file JOB OUT.blend`.
+    positions, faces = tetrahedron()
+    uv = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    job = tmp_path / "red_cube"
+    write_object(job / "object_0", positions, faces, uv, texture_size=(8, 4), seed=3)
+    (job / "meta.json").write_text(json.dumps({"prompt": "a red cube", "seed": 3, "settings": {}}))
+    blend = tmp_path / "out" / "red_cube.blend"
+    run_blender(f"""
+import runpy, sys
+sys.path.insert(0, {str(ROOT)!r})
+sys.argv = ["blend_file", {str(job)!r}, {str(blend)!r}]
+try:
+    runpy.run_module("blender_addon.blend_file", run_name="__main__")
+except SystemExit as done:
+    report(exit=done.code)
+""", tmp_path)
+    (job / "object_0" / "albedo.png").unlink()  # the .blend must not need the folder any more
+    facts = run_blender(f"""
+bpy.ops.wm.open_mainfile(filepath={str(blend)!r})
+obj = bpy.data.objects["a red cube"]
+image = next(n for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE").image
+report(names=[o.name for o in bpy.data.objects], vertices=len(obj.data.vertices), faces=len(obj.data.polygons),
+       packed=image.packed_file is not None, size=list(image.size), prompt=obj["prolific_prompt"])
+""", tmp_path)
+    assert facts["names"] == ["a red cube"]
+    assert (facts["vertices"], facts["faces"]) == (4, 4)
+    assert facts["packed"] and facts["size"] == [8, 4]
+    assert facts["prompt"] == "a red cube"
+
+
+def test_blend_file_names_a_folder_without_objects(tmp_path):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "meta.json").write_text("{}")
+    facts = run_blender(f"""
+import runpy, sys
+sys.path.insert(0, {str(ROOT)!r})
+sys.argv = ["blend_file", {str(tmp_path / "job")!r}, {str(tmp_path / "x.blend")!r}]
+try:
+    runpy.run_module("blender_addon.blend_file", run_name="__main__")
+except SystemExit as done:
+    report(exit=done.code)
+""", tmp_path)
+    assert facts["exit"] == 2
+    assert not (tmp_path / "x.blend").exists()

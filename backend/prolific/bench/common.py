@@ -193,3 +193,14 @@ def error_text(err: BaseException) -> str:
 
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def record_failure(result: dict, err: BaseException, device: torch.device) -> dict:
+    """Put a failed step's error (and out_of_memory, when it is one) into `result`; free memory for the next."""
+    result["error"] = error_text(err)
+    if is_oom(err):
+        result["error_code"] = "out_of_memory"
+    result.update(memory_block(device))
+    log(f"bench: step failed: {result['error']}")
+    free_memory(device)
+    return result

@@ -157,7 +157,7 @@ def run_resolution(stage, name, res, loop, timer, prior, options, args, device, 
     except Exception as err:  # noqa: BLE001
         timer.marks = []
         if not options.compile or "compile" in out["errors"]:
-            return _failed(result, err, device)
+            return common.record_failure(result, err, device)
         out["errors"]["compile"] = common.error_text(err)
         log(f"bench {stage} [{name}]: compiled step failed ({common.error_text(err)}); continuing eagerly")
         speed.uncompile_prior(prior)
@@ -166,7 +166,7 @@ def run_resolution(stage, name, res, loop, timer, prior, options, args, device, 
             loop()
         except Exception as err2:  # noqa: BLE001
             timer.marks = []
-            return _failed(result, err2, device)
+            return common.record_failure(result, err2, device)
     result["wall_s"] = round(time.perf_counter() - start, 2)
     timer.steps = timer.steps[:-1]  # the last iteration also saved a checkpoint and a preview
     result.update(timer.summary(skip=args.warmup))
@@ -178,15 +178,6 @@ def run_resolution(stage, name, res, loop, timer, prior, options, args, device, 
     result.update(common.memory_block(device))
     return result
 
-
-def _failed(result: dict, err: BaseException, device: torch.device) -> dict:
-    result["error"] = common.error_text(err)
-    if common.is_oom(err):
-        result["error_code"] = "out_of_memory"
-    result.update(common.memory_block(device))
-    log(f"bench: step failed: {result['error']}")
-    common.free_memory(device)
-    return result
 
 
 def run(stage: str, argv: list[str]) -> dict:

@@ -180,7 +180,7 @@ def run_resolution(name, res, cfg, prior, distill, particles, prompt, generator,
             one_step()
     except Exception as err:  # noqa: BLE001
         if not options.compile or "compile" in out["errors"]:
-            return failed(result, err, device)
+            return common.record_failure(result, err, device)
         # A failing compile is reported and the variant goes on eagerly.
         out["errors"]["compile"] = common.error_text(err)
         log(f"bench stage1 [{name}]: compiled step failed ({common.error_text(err)}); continuing eagerly")
@@ -191,14 +191,14 @@ def run_resolution(name, res, cfg, prior, distill, particles, prompt, generator,
             for _ in range(args.warmup):
                 one_step()
         except Exception as err2:  # noqa: BLE001
-            return failed(result, err2, device)
+            return common.record_failure(result, err2, device)
     result["warmup_s"] = round(time.perf_counter() - start, 2)
     log(f"bench stage1 [{name}] {res}px: {args.steps} timed step(s)")
     try:
         for _ in range(args.steps):
             one_step()
     except Exception as err:  # noqa: BLE001
-        return failed(result, err, device)
+        return common.record_failure(result, err, device)
     result.update(timer.summary(skip=args.warmup))
     ms = result.get("ms_per_step")
     if ms:
@@ -211,15 +211,6 @@ def run_resolution(name, res, cfg, prior, distill, particles, prompt, generator,
         f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items()))
     return result
 
-
-def failed(result: dict, err: BaseException, device: torch.device) -> dict:
-    result["error"] = common.error_text(err)
-    if common.is_oom(err):
-        result["error_code"] = "out_of_memory"
-    result.update(common.memory_block(device))
-    log(f"bench: step failed: {result['error']}")
-    common.free_memory(device)
-    return result
 
 
 def run(argv: list[str]) -> dict:

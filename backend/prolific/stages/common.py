@@ -10,13 +10,14 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..config import JobConfig
+from ..errors import Cancelled
 from ..events import Reporter
 
 
@@ -86,3 +87,29 @@ def rng_state(generator: torch.Generator) -> dict:
 def set_rng_state(generator: torch.Generator, state: dict) -> None:
     generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch"].cpu())
+
+
+def run_steps(ctx: StageContext, stage: str, stage_cfg, start: int, step_fn: Callable[[int], torch.Tensor],
+              save_fn: Callable[[int], Any]) -> None:
+    """The loop every stage shares. step_fn(step) runs one step and returns the images it rendered (the first
+    is the preview); save_fn(done) writes the checkpoint. Previews every `preview_every`, checkpoints every
+    `checkpoint_every` and at the end, a progress event per step; on cancel the finished steps are saved first
+    so that --resume continues from there. Zero steps left still write the final (done) checkpoint."""
+    total, done = stage_cfg.steps, start
+    try:
+        for step in range(start, total):
+            ctx.reporter.check_cancel()
+            images = step_fn(step)
+            done = step + 1
+            preview = None
+            if done % stage_cfg.preview_every == 0 or done == total:
+                preview = save_png(images[0], ctx.preview_path(stage, done))
+            if done % stage_cfg.checkpoint_every == 0 or done == total:
+                save_fn(done)
+            ctx.reporter.step(stage, done, total, preview)
+        if total == start:
+            save_fn(total)
+    except Cancelled:
+        if done > start and done % stage_cfg.checkpoint_every != 0 and done != total:
+            save_fn(done)
+        raise

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadRequest, Cancelled
+from ..errors import BadRequest
 from ..field.dmtet import DMTet, TetGrid, TriMesh, laplacian_smoothness, normal_consistency
 from ..field.texture import nerf_albedo
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .common import StageContext, rng_state, save_png, set_rng_state
+from .common import StageContext, rng_state, run_steps, set_rng_state
 
 STAGE = "geometry"
 # Normal maps on black, as threestudio's mesh renderer blends them: the prior sees a normal map, not a white
@@ -98,26 +98,10 @@ def make_optimizer(dmtet: DMTet, lr: float) -> torch.optim.Optimizer:
 
 
 def train(ctx: StageContext, dmtets: list[DMTet], optimizers, guidance: ScoreDistillation, start: int) -> None:
-    gcfg, total = ctx.cfg.geometry, ctx.cfg.geometry.steps
     raster = make_rasterizer(ctx.device)
-    done = start
-    try:
-        for step in range(start, total):
-            ctx.reporter.check_cancel()
-            images = train_step(ctx, raster, dmtets, optimizers, guidance, step)
-            done = step + 1
-            preview = None
-            if done % gcfg.preview_every == 0 or done == total:
-                preview = save_png(images[0], ctx.preview_path(STAGE, done))
-            if done % gcfg.checkpoint_every == 0 or done == total:
-                save(ctx, dmtets, optimizers, guidance, done)
-            ctx.reporter.step(STAGE, done, total, preview)
-        if total == start:  # zero steps: the initial surface is the result, and the stage is done
-            save(ctx, dmtets, optimizers, guidance, total)
-    except Cancelled:
-        if done > start and done % gcfg.checkpoint_every != 0 and done != total:
-            save(ctx, dmtets, optimizers, guidance, done)
-        raise
+    run_steps(ctx, STAGE, ctx.cfg.geometry, start,
+              lambda step: train_step(ctx, raster, dmtets, optimizers, guidance, step),
+              lambda done: save(ctx, dmtets, optimizers, guidance, done))
 
 
 def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guidance: ScoreDistillation,

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 
 from ..config import JobConfig, NerfConfig
-from ..errors import BadRequest, Cancelled
+from ..errors import BadRequest
 from ..field.nerf import Background, NeRF
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import orbit_cameras, sample_cameras, sample_light_dirs
 from ..render.volume import OccupancyGrid, render_nerf
-from .common import StageContext, rng_state, save_png, set_rng_state
+from .common import StageContext, rng_state, run_steps, save_png, set_rng_state
 
 STAGE = "nerf"
 SHADINGS = ("albedo", "lambertian", "textureless")
@@ -90,28 +90,17 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
 
 
 def train(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation, start: int) -> None:
-    ncfg, total = ctx.cfg.nerf, ctx.cfg.nerf.steps
+    ncfg = ctx.cfg.nerf
     if start == 0:
         update_occupancy(particles, ctx.generator)
-    done = start
-    try:
-        for step in range(start, total):
-            ctx.reporter.check_cancel()
-            rgb = train_step(ctx, particles, estimator, step)
-            done = step + 1
-            if done % ncfg.occupancy_every == 0:
-                update_occupancy(particles, ctx.generator)
-            preview = None
-            if done % ncfg.preview_every == 0 or done == total:
-                preview = save_png(rgb[0], ctx.preview_path(STAGE, done))
-            if done % ncfg.checkpoint_every == 0 or done == total:
-                save(ctx, particles, estimator, done)
-            ctx.reporter.step(STAGE, done, total, preview)
-    except Cancelled:
-        # Keep the finished steps so that --resume continues from here.
-        if done > start and done % ncfg.checkpoint_every != 0 and done != total:
-            save(ctx, particles, estimator, done)
-        raise
+
+    def step_fn(step: int) -> torch.Tensor:
+        rgb = train_step(ctx, particles, estimator, step)
+        if (step + 1) % ncfg.occupancy_every == 0:
+            update_occupancy(particles, ctx.generator)
+        return rgb
+
+    run_steps(ctx, STAGE, ncfg, start, step_fn, lambda done: save(ctx, particles, estimator, done))
 
 
 def train_step(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation,

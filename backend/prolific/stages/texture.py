@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadRequest, Cancelled
+from ..errors import BadRequest
 from ..field.dmtet import TriMesh
 from ..field.texture import AlbedoField
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .common import StageContext, rng_state, save_png, set_rng_state
+from .common import StageContext, rng_state, run_steps, set_rng_state
 from .geometry import refine_prior_config
 
 STAGE = "texture"
@@ -92,41 +92,29 @@ def make_optimizer(field: AlbedoField, lr: float) -> torch.optim.Optimizer:
 
 def train(ctx: StageContext, meshes, fields, optimizers, backgrounds, guidance: ScoreDistillation,
           start: int) -> None:
-    tcfg, total = ctx.cfg.texture, ctx.cfg.texture.steps
+    tcfg = ctx.cfg.texture
     raster = make_rasterizer(ctx.device)
     normals = [m.vertex_normals() for m in meshes]
-    done = start
-    try:
-        for step in range(start, total):
-            ctx.reporter.check_cancel()
-            cameras = sample_cameras(len(fields), ctx.cfg.nerf, ctx.generator, ctx.device)
-            images = torch.cat([
-                render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution,
-                            shading="albedo", normals=normals[k], albedo_fn=fields[k], background=backgrounds[k],
-                            antialias=False)["rgb"]
-                for k, m in enumerate(meshes)])
-            loss, _ = guidance.loss(images, cameras.c2w, cameras.directions(), ctx.prompt_emb, step, total,
-                                    ctx.generator)
+
+    def step_fn(step: int) -> torch.Tensor:
+        cameras = sample_cameras(len(fields), ctx.cfg.nerf, ctx.generator, ctx.device)
+        images = torch.cat([
+            render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution,
+                        shading="albedo", normals=normals[k], albedo_fn=fields[k], background=backgrounds[k],
+                        antialias=False)["rgb"]
+            for k, m in enumerate(meshes)])
+        loss, _ = guidance.loss(images, cameras.c2w, cameras.directions(), ctx.prompt_emb, step, tcfg.steps,
+                                ctx.generator)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        if loss.requires_grad:
+            loss.backward()
             for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            if loss.requires_grad:
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
-            guidance.update_estimator(ctx.generator)
-            done = step + 1
-            preview = None
-            if done % tcfg.preview_every == 0 or done == total:
-                preview = save_png(images[0], ctx.preview_path(STAGE, done))
-            if done % tcfg.checkpoint_every == 0 or done == total:
-                save(ctx, fields, optimizers, guidance, done)
-            ctx.reporter.step(STAGE, done, total, preview)
-        if total == start:
-            save(ctx, fields, optimizers, guidance, total)
-    except Cancelled:
-        if done > start and done % tcfg.checkpoint_every != 0 and done != total:
-            save(ctx, fields, optimizers, guidance, done)
-        raise
+                opt.step()
+        guidance.update_estimator(ctx.generator)
+        return images
+
+    run_steps(ctx, STAGE, tcfg, start, step_fn, lambda done: save(ctx, fields, optimizers, guidance, done))
 
 
 def save(ctx: StageContext, fields, optimizers, guidance: ScoreDistillation, step: int) -> Path:
