@@ -169,3 +169,18 @@ def test_a_new_job_gets_a_fresh_estimator_on_the_same_loaded_model(sd_prior):
     second = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0), "vsd")
     grad, _ = _step(second, sd_prior, torch.rand(2, 3, 24, 24))
     assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_lora_steps_per_iter_sets_how_many_estimator_steps_each_update_takes(sd_prior):
+    sd = ScoreDistillation(sd_prior, _cfg(lora_steps_per_iter=3), "vsd")
+    seen = []
+    handle = sd_prior.unet.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        _step(sd, sd_prior, torch.rand(1, 3, 24, 24), directions=("front",))
+        seen.clear()
+        sd.update_estimator()
+    finally:
+        handle.remove()
+        sd.close()
+    assert seen == [1, 1, 1]
+    assert all(state["step"] == 3 for state in sd.optimizer.state.values())

@@ -232,6 +232,8 @@ def _validate(cfg: JobConfig) -> None:
     _require(p.guidance_scale >= 0 and p.sds_guidance_scale >= 0, "Guidance scales must not be negative.")
     _require(_is_int(p.lora_rank) and p.lora_rank >= 1, "The LoRA rank must be a positive whole number.")
     _require(p.lora_lr > 0, "The LoRA learning rate must be positive.")
+    _require(_is_int(p.lora_steps_per_iter) and p.lora_steps_per_iter >= 1,
+             "prior.lora_steps_per_iter must be a whole number >= 1.")
     _require(0.0 <= p.t_min < p.t_max_annealed <= p.t_max <= 1.0,
              "The time range needs 0 <= t_min < t_max_annealed <= t_max <= 1.")
     _require(0.0 <= p.anneal_fraction <= 1.0, "anneal_fraction must lie in [0, 1].")

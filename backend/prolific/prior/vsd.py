@@ -171,24 +171,26 @@ class ScoreDistillation:
     # -- the estimator's own training -----------------------------------------------------------------------
 
     def update_estimator(self, generator: torch.Generator | None = None) -> float:
-        """One AdamW step of the LoRA + camera MLP on the renders stored by `loss` since the last update (all
-        particles), at its own random t over the whole range [t_min, t_max]: min ‖ε_φ(x_t, t, c, y) − ε‖²."""
+        """cfg.lora_steps_per_iter AdamW steps of the LoRA + camera MLP on the renders stored by `loss` since the
+        last update (all particles), each at its own random t over the whole range [t_min, t_max]:
+        min ‖ε_φ(x_t, t, c, y) − ε‖². Returns the last step's loss."""
         if self.guidance != "vsd" or not self._batch:
             return 0.0
         shape = self._batch[-1][0].shape[1:]
         batch = [b for b in self._batch if b[0].shape[1:] == shape]
         x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
         self._batch_used = True
-        t = self._sample_t(x0.shape[0], self.cfg.t_min, self.cfg.t_max, generator)
-        noise = self._noise(x0, generator)
-        ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        self.optimizer.zero_grad(set_to_none=True)
-        # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
-        with self._estimator(c2w):
-            loss = ((self.prior.unet_eps(x_t, t, cond) - noise) ** 2).mean()
-            loss.backward()
-        self.optimizer.step()
+        for _ in range(self.cfg.lora_steps_per_iter):
+            t = self._sample_t(x0.shape[0], self.cfg.t_min, self.cfg.t_max, generator)
+            noise = self._noise(x0, generator)
+            ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            self.optimizer.zero_grad(set_to_none=True)
+            # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
+            with self._estimator(c2w):
+                loss = ((self.prior.unet_eps(x_t, t, cond) - noise) ** 2).mean()
+                loss.backward()
+            self.optimizer.step()
         return loss.item()
 
     # -- checkpoints ----------------------------------------------------------------------------------------
