@@ -112,9 +112,10 @@ class BackendClient:
                                         "Set the backend Python in the add-on preferences or press Set up backend."))
                 return
             proc = self._proc
-            self._readers = [threading.Thread(target=self._read_stdout, args=(proc,), name="prolific-events",
-                                              daemon=True),
-                             threading.Thread(target=self._read_stderr, args=(proc,), name="prolific-log", daemon=True)]
+            log_reader = threading.Thread(target=self._read_stderr, args=(proc,), name="prolific-log", daemon=True)
+            self._readers = [log_reader,
+                             threading.Thread(target=self._read_stdout, args=(proc, log_reader),
+                                              name="prolific-events", daemon=True)]
             for reader in self._readers:
                 reader.start()
             self._hello_id = self._new_id("hello")
@@ -278,7 +279,7 @@ class BackendClient:
         except (OSError, ValueError):
             pass  # the child is gone: the stdout reader reports the crash to every pending job
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
+    def _read_stdout(self, proc: subprocess.Popen, log_reader: threading.Thread) -> None:
         for raw in proc.stdout:
             line = raw.decode("utf-8", errors="replace").strip()
             if not line:
@@ -291,6 +292,7 @@ class BackendClient:
             if isinstance(event, dict):
                 self._dispatch(proc, event)
         proc.wait()
+        log_reader.join(timeout=2.0)  # the exit report quotes the child's last stderr lines: let them arrive first
         self._on_exit(proc)
 
     def _read_stderr(self, proc: subprocess.Popen) -> None:
