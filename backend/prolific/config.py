@@ -33,6 +33,7 @@ class PriorConfig:
     negative_prompt: str = ""
     view_dependent_prompt: bool = True
     dtype: str = "auto"  # auto = bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32 on CPU
+    speed: str = "auto"  # speed switches as `prolific bench --opt` names them; auto = prior.speed.job_options
 
 
 @dataclass
@@ -240,6 +241,11 @@ def _validate(cfg: JobConfig) -> None:
              "The time range needs 0 <= t_min < t_max_annealed <= t_max <= 1.")
     _require(0.0 <= p.anneal_fraction <= 1.0, "anneal_fraction must lie in [0, 1].")
     _require(p.dtype in ("auto", "fp32", "fp16", "bf16"), f"Unknown dtype '{p.dtype}': use auto, fp32, fp16 or bf16.")
+    _require(isinstance(p.speed, str), "prior.speed must be text such as auto, none or sdpa,batch.")
+    if p.speed != "auto":
+        from .prior.speed import SpeedOptions  # torch-free until someone sets it
+
+        SpeedOptions.parse(p.speed)  # BadRequest naming the unknown switch
     n = cfg.nerf
     for name, section in (("nerf", n), ("geometry", cfg.geometry), ("texture", cfg.texture)):
         _require(_is_int(section.steps) and section.steps >= 0,

@@ -73,6 +73,18 @@ def best_options() -> SpeedOptions:
                         batch=True, fused_adam=True, occupancy=True, tcnn=True)
 
 
+def job_options(text: str, device: torch.device | str) -> SpeedOptions:
+    """The options a generation runs with (`prior.speed`). "auto" keeps what the H100 bench showed to help or
+    to save memory without changing results (tests/test_speed.py); torch.compile stays opt-in until it has been
+    measured on a GPU. Anything else is parsed like the bench's --opt."""
+    if text != "auto":
+        return SpeedOptions.parse(text)
+    if torch.device(device).type == "cuda":
+        return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True,
+                            occupancy=True, tcnn=True)
+    return SpeedOptions(sdpa=True, batch=True, occupancy=True)
+
+
 def reference_options() -> SpeedOptions:
     """How the reference implementations run: fp16 eager, diffusers' default attention (SDPA on torch 2), the
     PyTorch hash grid, every sample along every ray evaluated."""

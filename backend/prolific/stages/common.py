@@ -6,6 +6,7 @@ file, and a stage whose checkpoint says done only reloads its outputs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from PIL import Image
 from ..config import JobConfig
 from ..errors import Cancelled
 from ..events import Reporter
+from ..prior import speed
+from ..prior.vsd import ScoreDistillation
 
 
 @dataclass
@@ -87,6 +90,22 @@ def rng_state(generator: torch.Generator) -> dict:
 def set_rng_state(generator: torch.Generator, state: dict) -> None:
     generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch"].cpu())
+
+
+@contextlib.contextmanager
+def score_distillation(ctx: StageContext, prior_cfg, guidance: str, optimizers: list, state: dict | None = None):
+    """A ScoreDistillation on the shared prior, restored from `state` when given, with the job's speed options
+    (prior.speed) applied; Adam optimizers in `optimizers` may be replaced in place by fused ones. On exit the
+    estimator and every patch come off the shared UNet, which the next stage and the next job reuse."""
+    distill = ScoreDistillation(ctx.prior, prior_cfg, guidance)
+    try:
+        if state is not None:
+            distill.load_state_dict(state)
+        speed.accelerate(ctx.prior, distill, speed.job_options(ctx.cfg.prior.speed, ctx.device), optimizers)
+        yield distill
+    finally:
+        speed.unbatch_branches(distill)
+        distill.close()
 
 
 def run_steps(ctx: StageContext, stage: str, stage_cfg, start: int, step_fn: Callable[[int], torch.Tensor],

@@ -17,7 +17,7 @@ from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .common import StageContext, rng_state, run_steps, set_rng_state
+from .common import StageContext, rng_state, run_steps, score_distillation, set_rng_state
 
 STAGE = "geometry"
 # Normal maps on black, as threestudio's mesh renderer blends them: the prior sees a normal map, not a white
@@ -81,10 +81,9 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
         optimizers = [make_optimizer(d, gcfg.lr) for d in dmtets]
     ctx.reporter.step(STAGE, start, gcfg.steps)
     if start < gcfg.steps or state is None:
-        guidance = ScoreDistillation(ctx.prior, refine_prior_config(cfg.prior, gcfg.guidance_scale), "sds")
-        if state is not None and state.get("guidance") is not None:
-            guidance.load_state_dict(state["guidance"])
-        train(ctx, dmtets, optimizers, guidance, start)
+        with score_distillation(ctx, refine_prior_config(cfg.prior, gcfg.guidance_scale), "sds", optimizers,
+                                state.get("guidance") if state is not None else None) as guidance:
+            train(ctx, dmtets, optimizers, guidance, start)
     with torch.no_grad():
         meshes = [d.mesh().detach() for d in dmtets]
     out = {"meshes": meshes, "checkpoint": ctx.checkpoint_path(STAGE),

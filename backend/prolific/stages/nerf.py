@@ -17,7 +17,7 @@ from ..field.nerf import Background, NeRF
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import orbit_cameras, sample_cameras, sample_light_dirs
 from ..render.volume import OccupancyGrid, render_nerf
-from .common import StageContext, rng_state, run_steps, save_png, set_rng_state
+from .common import StageContext, rng_state, run_steps, save_png, score_distillation, set_rng_state
 
 STAGE = "nerf"
 SHADINGS = ("albedo", "lambertian", "textureless")
@@ -76,13 +76,12 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
     ctx.reporter.step(STAGE, start, ncfg.steps)
     trained = start < ncfg.steps
     if trained:
-        estimator = ScoreDistillation(ctx.prior, cfg.prior, cfg.prior.guidance)
-        try:
-            if state is not None:
-                estimator.load_state_dict(state["estimator"])
+        optimizers = [p.optimizer for p in particles]
+        with score_distillation(ctx, cfg.prior, cfg.prior.guidance, optimizers,
+                                state["estimator"] if state is not None else None) as estimator:
+            for p, opt in zip(particles, optimizers):
+                p.optimizer = opt
             train(ctx, particles, estimator, start)
-        finally:
-            estimator.close()  # the prior's UNet is shared with later stages and jobs
     turntables = [write_turntable(ctx, p, ctx.object_dir(k), again=trained) for k, p in enumerate(particles)]
     return {"nerfs": [p.nerf for p in particles], "backgrounds": [p.background for p in particles],
             "occupancy": [p.occupancy for p in particles], "checkpoint": ctx.checkpoint_path(STAGE),

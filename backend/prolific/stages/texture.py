@@ -16,7 +16,7 @@ from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .common import StageContext, rng_state, run_steps, set_rng_state
+from .common import StageContext, rng_state, run_steps, score_distillation, set_rng_state
 from .geometry import refine_prior_config
 
 STAGE = "texture"
@@ -72,14 +72,10 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
                 f.fit(nerf_albedo, points, min(INIT_FIT_STEPS, tcfg.steps), generator=ctx.generator)
     ctx.reporter.step(STAGE, start, tcfg.steps)
     if start < tcfg.steps or state is None:
-        guidance = ScoreDistillation(ctx.prior, refine_prior_config(cfg.prior), tcfg.guidance)
-        try:
-            if state is not None and state.get("guidance") is not None:
-                guidance.load_state_dict(state["guidance"])
+        with score_distillation(ctx, refine_prior_config(cfg.prior), tcfg.guidance, optimizers,
+                                state.get("guidance") if state is not None else None) as guidance:
             backgrounds = [frozen(b) for b in geo.get("backgrounds") or [None] * len(fields)]
             train(ctx, meshes, fields, optimizers, backgrounds, guidance, start)
-        finally:
-            guidance.close()  # the LoRA must not stay on the shared UNet for the next job
     for f in fields:
         f.requires_grad_(False)
     return {"meshes": meshes, "textures": fields, "checkpoint": ctx.checkpoint_path(STAGE)}
