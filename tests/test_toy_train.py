@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -57,3 +58,27 @@ def test_bundled_model_dir_is_the_package_models_folder():
     assert bundled.BUNDLED_MODEL_DIR.parts[-3:] == ("prolific", "models", "toy")
     assert bundled.bundled_available() == (bundled.BUNDLED_MODEL_DIR / "unet").is_dir()
     assert "red cube" in bundled.vocabulary_hint()
+
+
+def _tiny_args(tmp_path):
+    return ["--out", str(tmp_path / "toy"), "--work", str(tmp_path / "work"), "--size", "tiny", "--batch", "2",
+            "--pool", "4", "--chunk", "4", "--device", "cpu", "--log-every", "1"]
+
+
+def test_trained_model_predicts_v_and_a_resume_must_keep_the_target(tmp_path):
+    train.main(_tiny_args(tmp_path) + ["--steps", "1"])
+    assert load_prior(str(tmp_path / "toy"), CPU, torch.float32).prediction_type == "v_prediction"
+    with pytest.raises(SystemExit, match="--prediction v_prediction"):
+        train.main(_tiny_args(tmp_path) + ["--steps", "2", "--resume", "--prediction", "epsilon"])
+
+
+def test_a_failing_compile_falls_back_to_eager_training(tmp_path, monkeypatch, capsys):
+    def broken_compile(module, *args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        module._compiled_call_impl = fail
+
+    monkeypatch.setattr(torch.nn.Module, "compile", broken_compile)
+    info = train.main(_tiny_args(tmp_path) + ["--steps", "2", "--compile"])
+    assert info["steps"] == 2
+    assert "torch.compile failed (RuntimeError: no C++ compiler); training eagerly" in capsys.readouterr().out

@@ -2,8 +2,9 @@
 
 A pixel-space text-to-image diffusion model: a diffusers UNet2DConditionModel on 3×64×64 images in [-1,1]
 (no VAE), a small CLIPTextModel trained from scratch with it, a CLIP BPE tokenizer spelling the toy vocabulary,
-and a DDPM scheduler (1000 steps, linear betas, ε prediction). The folder has the layout of a diffusers
-Stable Diffusion folder without `vae/`, so `prolific.prior.diffusion.load_prior` loads it like any other model.
+and a DDPM scheduler (1000 steps, linear betas; v prediction for new trainings, ε for the first bundled model).
+The folder has the layout of a diffusers Stable Diffusion folder without `vae/`, so
+`prolific.prior.diffusion.load_prior` loads it like any other model.
 """
 from __future__ import annotations
 
@@ -57,10 +58,13 @@ def build_models(tokenizer: CLIPTokenizer, size: str = "full") -> tuple[UNet2DCo
     return unet, text
 
 
-def make_scheduler() -> DDPMScheduler:
-    """DDPM's pixel-space schedule: 1000 steps, betas linear from 1e-4 to 0.02, ε prediction."""
+PREDICTION_TYPES = ("v_prediction", "epsilon")
+
+
+def make_scheduler(prediction_type: str = "v_prediction") -> DDPMScheduler:
+    """DDPM's pixel-space schedule: 1000 steps, betas linear from 1e-4 to 0.02; the UNet predicts v or ε."""
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                         prediction_type="epsilon", clip_sample=True)
+                         prediction_type=prediction_type, clip_sample=True)
 
 
 def tokenize(tokenizer: CLIPTokenizer, texts: list[str]) -> torch.Tensor:
@@ -85,14 +89,14 @@ def _half(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_model(folder: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
-               info: dict | None = None) -> Path:
+               info: dict | None = None, prediction_type: str = "v_prediction") -> Path:
     """Write the model folder (fp16 safetensors) plus toy.json describing its vocabulary and training."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _half(unet).save_pretrained(folder / "unet", safe_serialization=True)
     _half(text_encoder).save_pretrained(folder / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
-    make_scheduler().save_pretrained(folder / "scheduler")
+    make_scheduler(prediction_type).save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({
         "_class_name": "ProlificToyPrior", "unet": ["diffusers", "UNet2DConditionModel"],
         "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],

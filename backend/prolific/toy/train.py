@@ -4,9 +4,10 @@
 
 Data are rendered on the device into a pool of images that is refreshed as training goes (each image is used
 about `--reuse` times), so nothing is written to disk. bf16 autocast on CUDA, AdamW with warmup and a cosine
-decay over the run's time (or --steps, whichever ends first), the plain ε loss, 10% empty captions for
-classifier-free guidance, EMA of the weights. A checkpoint (model, EMA, optimiser, step, time) is written every
---ckpt-minutes and at the end; --resume continues from it. The EMA weights are exported in fp16.
+decay over the run's time (or --steps, whichever ends first), the v-prediction loss (--prediction), 10% empty
+captions for classifier-free guidance, EMA of the weights, optionally torch.compile (--compile). A checkpoint
+(model, EMA, optimiser, step, time) is written every --ckpt-minutes and at the end; --resume continues from it.
+The EMA weights are exported in fp16.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .dataset import ToyData
-from .model import build_models, build_tokenizer, fp16_bytes, make_scheduler, save_model, tokenize
+from .model import PREDICTION_TYPES, build_models, build_tokenizer, fp16_bytes, make_scheduler, save_model, tokenize
 
 EXPORT_MARGIN_S = 25.0  # time kept at the end of --minutes for the last checkpoint and the export
 P_EMPTY_CAPTION = 0.10
@@ -36,11 +37,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of this run, export included")
     p.add_argument("--total-minutes", type=float, default=None,
                    help="training time the lr schedule spans across resumed runs (default: this run's)")
-    p.add_argument("--batch", type=int, default=128)
+    # The H100 step time was the same at batch 128 and 256 (launch-bound), so the larger batch is free.
+    p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--size", choices=("full", "tiny"), default="full")
+    # ε prediction (the first bundled model) leaves the x0 estimate at high noise 100x less constrained than v
+    # does: its samples came out with grey or complementary-tinted backgrounds although ε's error was tiny.
+    p.add_argument("--prediction", choices=PREDICTION_TYPES, default="v_prediction")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (falls back to eager when compiling fails)")
     p.add_argument("--pool", type=int, default=8192, help="images kept rendered on the device")
     p.add_argument("--chunk", type=int, default=1024, help="images rendered per refresh")
     p.add_argument("--reuse", type=float, default=8.0, help="mean number of times each rendered image is used")
@@ -119,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if state["size"] != args.size:
             sys.exit(f"{ckpt_path} holds a '{state['size']}' model; pass --size {state['size']} or a new --work.")
+        saved_prediction = state.get("prediction", "epsilon")
+        if saved_prediction != args.prediction:
+            sys.exit(f"{ckpt_path} was trained with --prediction {saved_prediction}; pass it or use a new --work.")
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text)
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'resumed at step ' + str(step) if step else 'from scratch'}; batch {args.batch}, lr {args.lr}, "
         f"budget {args.minutes} min")
 
-    scheduler = make_scheduler()
+    scheduler = make_scheduler(args.prediction)
     alphas = scheduler.alphas_cumprod.to(device)
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
     data = ToyData(int(unet.config.sample_size), holdout=args.holdout)
@@ -164,10 +174,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
-            "size": args.size, "step": step, "train_seconds": seconds_before + time.monotonic() - loop_start,
+            "size": args.size, "prediction": args.prediction, "step": step,
+            "train_seconds": seconds_before + time.monotonic() - loop_start,
             "unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
             "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "losses": state["losses"]})
 
+    def loss_and_backward(x_t, t, ids, target) -> torch.Tensor:
+        with autocast:
+            pred = unet(x_t, t, encoder_hidden_states=text(ids)[0]).sample
+        loss = (pred.float() - target).square().mean()
+        loss.backward()
+        return loss
+
+    first_compiled_step = args.compile
+    if args.compile:
+        unet.compile(dynamic=False)  # in place: state_dict keys stay those of the plain module
     unet.train()
     text.train()
     while step < args.steps and time.monotonic() < deadline:
@@ -182,13 +203,20 @@ def main(argv: list[str] | None = None) -> dict:
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         if cuda:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            pred = unet(x_t, t, encoder_hidden_states=text(ids)[0]).sample
-        # The plain (unweighted) ε loss: min-SNR weighting starves the low-noise steps, and a short training run
-        # then leaves visible noise in the samples (seen in the first H100 run).
-        loss = (pred.float() - noise).square().mean()
+        # Unweighted: min-SNR weighting starved the low-noise steps of the first H100 run (noisy samples).
+        target = noise if args.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss = loss_and_backward(x_t, t, ids, target)
+        except Exception as err:  # noqa: BLE001 - compiling is optional: the first step falls back to eager
+            if not first_compiled_step:
+                raise
+            log(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly")
+            unet._compiled_call_impl = None
+            torch._dynamo.reset()
+            opt.zero_grad(set_to_none=True)
+            loss = loss_and_backward(x_t, t, ids, target)
+        first_compiled_step = False
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         elapsed = seconds_before + time.monotonic() - loop_start
         lr = lr_at(step, max(step / args.steps, elapsed / budget_s), args)
@@ -217,10 +245,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     checkpoint()
     train_seconds = seconds_before + time.monotonic() - loop_start
-    info = {"steps": step, "batch": args.batch, "train_minutes": round(train_seconds / 60, 2),
-            "holdout": args.holdout, "final_loss": state["losses"][-1][1] if state["losses"] else None,
+    info = {"steps": step, "batch": args.batch, "prediction": args.prediction,
+            "train_minutes": round(train_seconds / 60, 2), "holdout": args.holdout,
+            "final_loss": state["losses"][-1][1] if state["losses"] else None,
             "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
-    save_model(args.out, ema_unet, ema_text, tokenizer, info)
+    save_model(args.out, ema_unet, ema_text, tokenizer, info, args.prediction)
     log(f"done: {step} steps in {train_seconds / 60:.1f} min of training; EMA weights (fp16) exported to {args.out} "
         f"in {time.monotonic() - t_start:.0f} s total")
     (args.work / "train_log.json").write_text(json.dumps({**info, "losses": state["losses"]}) + "\n")
