@@ -167,3 +167,24 @@ def test_regularisers_prefer_smooth_surfaces():
     assert laplacian_smoothness(a).item() < laplacian_smoothness(b).item()
     normal_consistency(b).backward()
     assert bumpy.sdf.grad.abs().sum() > 0
+
+
+def test_floaters_are_dropped_and_the_object_and_its_real_parts_kept():
+    """A body (radius 0.5), a second part of a third of its size (radius 0.3, kept at 5%) and two specks
+    (radius 0.06: ~1.5% of the body's area each) → the specks go, the mesh stays closed, nothing else changes."""
+    verts, tets = make_tet_grid(48, 1.0)
+
+    def ball(c, r):
+        return (verts - torch.tensor(c)).norm(dim=-1) - r
+
+    sdf = torch.stack([ball((-0.3, 0, 0), 0.5), ball((0.55, 0.0, 0.0), 0.3), ball((0.6, 0.6, 0.6), 0.06),
+                       ball((-0.7, -0.7, 0.7), 0.06)]).amin(0)
+    mesh = marching_tets(verts, sdf, tets)
+    clean = mesh.without_small_parts(0.05)
+    whole = mesh_stats(mesh)
+    stats = mesh_stats(clean)
+    assert (stats["edge_face_counts"] == 2).all() and stats["euler"] == 2 * 2  # two closed spheres
+    assert 0.9 * whole["area"] < stats["area"] < whole["area"] - 2 * 0.5 * 4 * math.pi * 0.06**2
+    assert clean.positions.shape[0] == int(torch.unique(clean.faces).numel())  # no stray vertices
+    assert torch.equal(mesh.without_small_parts(0.0).faces, mesh.faces)
+    assert mesh.without_small_parts(1.0).faces.shape[0] < clean.faces.shape[0]  # only the body is left

@@ -10,6 +10,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -110,6 +111,31 @@ class TriMesh:
         n = max(self.positions.shape[0], 1)
         keys, inverse = torch.unique(sides[:, 0] * n + sides[:, 1], return_inverse=True)  # 1-D: a fast sort
         return torch.stack([keys // n, keys % n], -1), inverse
+
+    def without_small_parts(self, min_fraction: float) -> "TriMesh":
+        """The mesh without its floaters: connected parts (sharing vertices) whose surface area is below
+        `min_fraction` of the largest part's are dropped, and so are the vertices no face uses any more."""
+        n_faces = self.faces.shape[0]
+        if min_fraction <= 0 or n_faces == 0:
+            return self
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        faces = self.faces.cpu().numpy()
+        n_verts = self.positions.shape[0]
+        # Face i links its three vertices through an extra graph node n_verts + i.
+        rows = np.repeat(np.arange(n_faces) + n_verts, 3)
+        graph = coo_matrix((np.ones(3 * n_faces, dtype=np.int8), (rows, faces.reshape(-1))),
+                           shape=(n_verts + n_faces,) * 2)
+        _, labels = connected_components(graph, directed=False)
+        part = labels[n_verts:]
+        area = np.bincount(part, weights=self.face_normals().detach().norm(dim=-1).double().cpu().numpy())
+        keep = torch.from_numpy(area[part] >= min_fraction * area.max()).to(self.faces.device)
+        faces_kept = self.faces[keep]
+        used = torch.zeros(n_verts, dtype=torch.bool, device=self.faces.device)
+        used[faces_kept.reshape(-1)] = True
+        new_index = torch.cumsum(used.long(), 0) - 1
+        return TriMesh(self.positions[used], new_index[faces_kept])
 
     def sample_surface(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n points [n,3] uniformly distributed over the surface area."""

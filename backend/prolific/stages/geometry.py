@@ -85,7 +85,7 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
                                 state.get("guidance") if state is not None else None) as guidance:
             train(ctx, dmtets, optimizers, guidance, start)
     with torch.no_grad():
-        meshes = [d.mesh().detach() for d in dmtets]
+        meshes = [d.mesh().detach().without_small_parts(gcfg.min_part_fraction) for d in dmtets]
     out = {"meshes": meshes, "checkpoint": ctx.checkpoint_path(STAGE),
            "textures": [nerf_albedo(n) for n in upstream["nerfs"]] if upstream else [None] * len(meshes),
            "backgrounds": upstream["backgrounds"] if upstream else [None] * len(meshes)}
