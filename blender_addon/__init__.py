@@ -7,6 +7,7 @@ _MODULES = (preferences, properties, operators, panel)
 def register():
     for module in _MODULES:
         module.register()
+    jobs.restore_queue()
 
 
 def unregister():

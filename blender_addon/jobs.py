@@ -1,10 +1,13 @@
 """The job queue: one backend client per Blender session, jobs fed by its events, results imported on arrival.
 
 A `bpy.app.timers` timer calls `pump()` a few times a second; `wait()` pumps in a loop for headless scripts,
-where timers do not run while a script executes.
+where timers do not run while a script executes. The queue is saved to the add-on's user folder whenever it
+changes, so a job that Blender's exit (or a crash) interrupted comes back after a restart as "interrupted";
+`resume()` continues any stopped job from its checkpoints, in its own result folder.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +20,8 @@ from . import installer, scene_import
 from .client import SERVE_ARGS, BackendClient, BackendError
 
 KEEP_FINISHED = 20
+JOBS_FILE = "jobs.json"
+STOPPED = ("error", "cancelled", "interrupted")  # ended without a result: resumable while checkpoints exist
 BUSY_INTERVAL_S = 0.1
 IDLE_INTERVAL_S = 1.0
 
@@ -29,7 +34,10 @@ class Job:
     seed: int
     variations: int
     settings: dict[str, Any]
-    state: str = "starting"  # starting, queued, running, importing, done, error, cancelled
+    overrides: dict[str, Any] = field(default_factory=dict)  # the backend settings sent with the job
+    out_dir: str = ""  # where the backend writes; the job's folder in it is `folder`
+    folder: str = ""  # the result folder's name: the first request's id, kept when the job is resumed
+    state: str = "starting"  # starting, queued, running, importing, done, error, cancelled, interrupted
     stage: str = ""
     step: int = 0
     total: int = 0
@@ -42,7 +50,27 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("done", "error", "cancelled")
+        return self.state == "done" or self.state in STOPPED
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped without a result, and some stage saved a checkpoint to continue from."""
+        if self.state not in STOPPED or not self.folder or not self.out_dir:
+            return False
+        return any((Path(self.out_dir) / self.folder / "checkpoints").glob("*.pt"))
+
+    def record(self) -> dict[str, Any]:
+        keys = ("id", "prompt", "preset", "seed", "variations", "settings", "overrides", "out_dir", "folder", "state",
+                "message", "code", "objects")
+        return {key: getattr(self, key) for key in keys}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Job":
+        job = cls(**{k: v for k, v in record.items() if k in cls.__dataclass_fields__})
+        if not job.finished:  # it was running when Blender went away
+            job.state, job.code = "interrupted", "interrupted"
+            job.message = "Blender closed while this job ran."
+        return job
 
     @property
     def fraction(self) -> float:
@@ -73,6 +101,7 @@ class JobQueue:
 
     def clear_finished(self) -> None:
         self.jobs = [j for j in self.jobs if not j.finished]
+        save_queue()
 
     def apply(self, event: dict) -> Job | None:
         job = self.get(event.get("id", ""))
@@ -167,22 +196,79 @@ def connect() -> None:
     _ensure_timer()
 
 
-def submit(prompt: str, preset: str, seed: int, variations: int, overrides: dict[str, Any]) -> Job:
+def submit(prompt: str, preset: str, seed: int, variations: int, overrides: dict[str, Any],
+           resume_of: Job | None = None) -> Job:
+    """Queue a job; with `resume_of` (a stopped job) it continues that job's checkpoints in its folder and
+    takes its place in the queue."""
     settings = {"preset": preset, "seed": seed, "particles": variations, **overrides}
-    job = Job(id="", prompt=prompt, preset=preset, seed=seed, variations=variations, settings=settings)
+    job = Job(id="", prompt=prompt, preset=preset, seed=seed, variations=variations, settings=settings,
+              overrides=dict(overrides))
+    if resume_of is not None:
+        job.out_dir, job.folder = resume_of.out_dir, resume_of.folder
     try:
         c = client()
         if not c.ready:
             backend_status.update(state="starting", text="Starting the backend...")
         fields = {"model": model_setting(), "device": prefs().device, **overrides}  # a script's own win
-        job.id = c.generate(prompt, preset=preset, seed=seed, particles=variations, out_dir=str(output_dir()),
-                            **fields)
+        if resume_of is not None:
+            fields.update(resume=True, job=resume_of.folder)
+        else:
+            job.out_dir = str(output_dir())
+        job.id = c.generate(prompt, preset=preset, seed=seed, particles=variations, out_dir=job.out_dir, **fields)
+        job.folder = job.folder or job.id  # the backend names a new job's folder after its id
     except BackendError as err:
         job.id = f"failed-{time.monotonic_ns()}"
         job.state, job.code, job.message = "error", err.code, err.message
+    if resume_of is not None and resume_of in QUEUE.jobs:
+        QUEUE.jobs.remove(resume_of)
     QUEUE.add(job)
+    save_queue()
     _ensure_timer()
     return job
+
+
+def resume(job_id: str) -> Job:
+    """Continue a stopped job (error, cancelled, interrupted) from its last checkpoints, with its settings."""
+    old = QUEUE.get(job_id)
+    if old is None or not old.resumable:
+        raise ValueError("Only a job that stopped after saving a checkpoint can be resumed; this one has nothing "
+                         "to continue from: generate it again.")
+    return submit(old.prompt, old.preset, old.seed, old.variations, old.overrides, resume_of=old)
+
+
+def jobs_file() -> Path:
+    return Path(bpy.utils.extension_path_user(__package__, create=True)) / JOBS_FILE
+
+
+_saved: list = []  # (id, state) pairs last written, so progress events alone do not rewrite the file
+
+
+def save_queue() -> None:
+    """Write the queue to the user folder (atomically); failing to write loses the list, never a result."""
+    global _saved
+    _saved = [(j.id, j.state) for j in QUEUE.jobs]
+    try:
+        path = jobs_file()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([j.record() for j in QUEUE.jobs], indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def restore_queue() -> None:
+    """The last session's jobs (at register); those that were still running come back as interrupted."""
+    try:
+        records = json.loads(jobs_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for record in records if isinstance(records, list) else []:
+        try:
+            job = Job.from_record(record)
+        except TypeError:
+            continue  # written by another version of the add-on
+        if QUEUE.get(job.id) is None:
+            QUEUE.jobs.append(job)
 
 
 def cancel(job_id: str) -> None:
@@ -208,6 +294,8 @@ def pump(undo: bool = True) -> bool:
     if backend_status["state"] in ("starting", "ready") and _client.failure is not None:
         backend_status.update(state="error", text=_client.failure.message)
     if changed:
+        if _saved != [(j.id, j.state) for j in QUEUE.jobs]:
+            save_queue()
         _redraw()
     return changed
 
@@ -303,6 +391,7 @@ def shutdown() -> None:
     if setup is not None:
         setup.cancel()
         setup = None
+    save_queue()  # before the backend goes: a job it still runs is saved as running, i.e. interrupted
     if _client is not None:
         _client.close()
     _client, _client_key = None, None

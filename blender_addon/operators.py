@@ -1,4 +1,4 @@
-"""Operators: generate, cancel, check and set up the backend, clear the queue, unwrap with xatlas."""
+"""Operators: generate, cancel, resume, check and set up the backend, clear the queue, unwrap with xatlas."""
 from __future__ import annotations
 
 import json
@@ -76,6 +76,33 @@ class PROLIFIC_OT_cancel(bpy.types.Operator):
         if job is None or job.finished:
             return {"CANCELLED"}
         jobs.cancel(job.id)
+        return {"FINISHED"}
+
+
+class PROLIFIC_OT_resume(bpy.types.Operator):
+    """Continue a stopped job from its last checkpoint, with the settings it started with"""
+
+    bl_idname = "prolific.resume"
+    bl_label = "Resume"
+
+    job_id: StringProperty(name="Job", description="The stopped job to continue", options={"SKIP_SAVE"})
+    wait: BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                       description="Block until the objects exist (scripts, --background)")
+    timeout: FloatProperty(name="Timeout", min=0.0, default=0.0, options={"SKIP_SAVE"},
+                           description="With Wait: give up (and cancel) after this many seconds; 0 = never")
+
+    def execute(self, context):
+        try:
+            job = jobs.resume(self.job_id)
+        except ValueError as err:
+            self.report({"ERROR"}, str(err))
+            return {"CANCELLED"}
+        if self.wait:
+            jobs.wait(job, self.timeout or None)
+        if job.state in ("error", "cancelled"):
+            self.report({"ERROR"} if job.state == "error" else {"WARNING"}, job.message)
+            return {"CANCELLED"}
+        self.report({"INFO"}, job.message if job.finished else f"Resumed: {job.prompt}")
         return {"FINISHED"}
 
 
@@ -190,7 +217,7 @@ def unwrap_mesh(mesh: bpy.types.Mesh, xatlas) -> None:
     mesh.uv_layers.active = layer
 
 
-CLASSES = (PROLIFIC_OT_generate, PROLIFIC_OT_cancel, PROLIFIC_OT_clear_finished, PROLIFIC_OT_check_backend,
+CLASSES = (PROLIFIC_OT_generate, PROLIFIC_OT_cancel, PROLIFIC_OT_resume, PROLIFIC_OT_clear_finished, PROLIFIC_OT_check_backend,
            PROLIFIC_OT_setup_backend, PROLIFIC_OT_unwrap_xatlas)
 
 

@@ -9,7 +9,7 @@ import bpy.utils.previews
 from . import jobs
 
 STATE_ICONS = {"starting": "TIME", "queued": "TIME", "running": "PLAY", "importing": "IMPORT", "done": "CHECKMARK",
-               "error": "ERROR", "cancelled": "CANCEL"}
+               "error": "ERROR", "cancelled": "CANCEL", "interrupted": "PAUSE"}
 _previews = None  # bpy.utils.previews collection holding the running job's latest preview image
 
 
@@ -112,11 +112,13 @@ class PROLIFIC_PT_queue(ProlificPanel, bpy.types.Panel):
             row = layout.row(align=True)
             detail = f"{job.stage} {job.step}/{job.total}" if job.state == "running" else job.state
             row.label(text=f"{job.prompt} — {detail}", icon=STATE_ICONS.get(job.state, "INFO"))
-            if job.finished:
-                if job.state == "error":
-                    layout.label(text=job.message)
-            else:
+            if job.resumable:
+                row.operator("prolific.resume", text="", icon="RECOVER_LAST").job_id = job.id
+            if not job.finished:
                 row.operator("prolific.cancel", text="", icon="X").job_id = job.id
+            elif job.state in ("error", "interrupted"):
+                layout.label(text=job.message + (" Resume continues from its last checkpoint." if job.resumable
+                                                 else ""))
         if any(job.finished for job in jobs.QUEUE.jobs):
             layout.operator("prolific.clear_finished", icon="TRASH")
 

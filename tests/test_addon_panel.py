@@ -114,3 +114,27 @@ report(off=off, on=scene.overrides())
     assert on["prior"] == {"negative_prompt": "blurry", "guidance": "sds", "sds_guidance_scale": 7.5}
     assert on["nerf"] == {"steps": 100} and on["export"] == {"texture_size": 512}
     assert on["texture"]["guidance"] == "sds"
+
+
+def test_a_stopped_job_with_checkpoints_offers_resume(tmp_path):
+    """Resume appears only where there is a checkpoint to continue from; an interrupted job says why it stopped."""
+    (tmp_path / "out" / "job-7" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "out" / "job-7" / "checkpoints" / "nerf.pt").write_bytes(b"saved")
+    facts = run_blender(SETUP + f"""
+def job(i, prompt):
+    return jobs.QUEUE.add(jobs.Job(id=i, prompt=prompt, preset="test", seed=0, variations=1, settings={{}},
+                                   out_dir={str(tmp_path / "out")!r}, folder=i))
+stopped = job("job-7", "a red teapot")
+jobs.QUEUE.apply({{"event": "cancelled", "id": "job-7"}})
+empty = job("job-8", "a blue chair")
+jobs.QUEUE.apply({{"event": "cancelled", "id": "job-8"}})
+interrupted = jobs.Job.from_record(dict(stopped.record(), id="job-9", state="running"))
+interrupted.folder = "job-7"
+jobs.QUEUE.jobs.append(interrupted)
+report(queue=draw(panel.PROLIFIC_PT_queue), resumable=[j.resumable for j in jobs.QUEUE.jobs])
+""", tmp_path)
+    assert facts["resumable"] == [True, False, True]
+    resumes = [c["props"]["job_id"] for c in calls_named(facts["queue"], "operator") if c["args"][0] == "prolific.resume"]
+    assert resumes == ["job-7", "job-9"]
+    labels = [c["kwargs"]["text"] for c in calls_named(facts["queue"], "label")]
+    assert "Blender closed while this job ran. Resume continues from its last checkpoint." in labels

@@ -110,6 +110,24 @@ def test_cancel_stops_running_and_queued_jobs_and_the_server_keeps_serving(backe
     assert backend.until("after", "hello")[-1]["protocol"] == 1
 
 
+def test_a_cancelled_job_resumes_in_its_folder_from_its_checkpoint(backend, tmp_path):
+    backend.send(generate("first", tmp_path, nerf={"steps": 400}))
+    while not any(e["event"] == "progress" and e["step"] >= 4 for e in backend.until("first", "progress")):
+        pass
+    backend.send({"op": "cancel", "id": "c3", "job": "first"})
+    stopped = [e for e in backend.until("first", "cancelled", "result", "error") if e["event"] == "progress"]
+    reached = stopped[-1]["step"] if stopped else 4
+    backend.send(generate("again", tmp_path, nerf={"steps": 400}, job="first", resume=True))
+    events = backend.until("again", "progress", "error")
+    assert events[-1]["event"] == "progress" and events[-1]["stage"] == "nerf" and events[-1]["step"] >= reached
+    backend.send({"op": "cancel", "id": "c4", "job": "again"})
+    backend.until("again", "cancelled", "result", "error")
+    assert not (tmp_path / "again").exists(), "the resumed job writes into the first job's folder"
+    backend.send(generate("bad-name", tmp_path, job="../elsewhere", resume=True))
+    event = backend.until("bad-name", "error", "queued")[-1]
+    assert event["code"] == "bad_request" and "'job'" in event["message"]
+
+
 def test_bad_requests_get_bad_request_and_the_server_keeps_serving(backend, tmp_path):
     for line in ["{not json", "[1, 2]", json.dumps({"op": "hello"}), json.dumps({"op": "dance", "id": "d"}),
                  json.dumps({"op": "cancel", "id": "c", "job": "nobody"}),

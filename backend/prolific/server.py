@@ -28,7 +28,7 @@ PROTOCOL = 1
 SECTIONS = ("prior", "nerf", "geometry", "texture", "export")
 # Request fields of `generate` beside op and id, and where each goes in make_config's overrides.
 GENERATE_FIELDS = {"prompt", "preset", "seed", "particles", "out_dir", "model", "guidance", "stages",
-                   "negative_prompt", "overrides", "resume", "device", *SECTIONS}
+                   "negative_prompt", "overrides", "resume", "job", "device", *SECTIONS}
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Job:
     cfg: JobConfig
     out_dir: Path
     resume: bool
+    name: str  # the result folder in out_dir: the request id, or `job` to continue an earlier job's folder
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -134,11 +135,15 @@ class Server:
         resume = request.get("resume", False)
         if not isinstance(resume, bool):
             raise BadRequest("'resume' must be true or false.")
+        name = request.get("job", str(request["id"]))
+        if (not isinstance(name, str) or not name.strip() or name in (".", "..") or len(name) > 200
+                or any(c in name for c in '/\\:')):
+            raise BadRequest("'job' must name a result folder inside out_dir (no path separators).")
         try:
             cfg = make_config(request.get("prompt", ""), request.get("preset", "standard"), overrides)
         except (TypeError, ValueError) as err:
             raise BadRequest(f"Invalid settings: {err}.") from None
-        return Job(request["id"], cfg, Path(out_dir), resume)
+        return Job(request["id"], cfg, Path(out_dir), resume, name)
 
     def enqueue(self, job: Job) -> None:
         with self.cond:
@@ -206,7 +211,7 @@ class Server:
 
         try:
             prior = self.load_prior(job.cfg)
-            result = run_job(job.cfg, job.out_dir, str(job.id), sink=progress, cancel=job.cancel, resume=job.resume,
+            result = run_job(job.cfg, job.out_dir, job.name, sink=progress, cancel=job.cancel, resume=job.resume,
                              prior=prior)
         except Cancelled:
             log(f"job {job.id}: cancelled")
