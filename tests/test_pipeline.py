@@ -166,27 +166,27 @@ def test_dtype_is_full_precision_on_the_cpu_unless_asked():
     assert pick_dtype(cpu, "bf16") == torch.bfloat16
 
 
-def test_speed_options_change_the_speed_not_the_result(tmp_path, prior, monkeypatch):
-
+def test_speed_options_change_the_speed_not_the_result(tmp_path, prior):
     """prior.speed=auto (on a CPU: the CFG pair and the LoRA branch in one masked UNet call) trains the same NeRF
     as plain eager with fewer UNet calls, and leaves the shared prior unpatched for the next job."""
     calls = []
     hook = prior.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
-        plain = pipeline.run_job(nerf_job(prior={"speed": "none"}), tmp_path, "plain", prior=prior)
+        plain = pipeline.run_job(nerf_job(prior={"speed": "none"}, nerf={"steps": 2}), tmp_path, "plain",
+                                 prior=prior)
         plain_calls, calls[:] = len(calls), []
-        fast = pipeline.run_job(nerf_job(), tmp_path, "fast", prior=prior)
+        fast = pipeline.run_job(nerf_job(nerf={"steps": 2}), tmp_path, "fast", prior=prior)
         fast_calls = len(calls)
     finally:
         hook.remove()
     assert fast_calls < plain_calls
     weights = [torch.load(r["objects"][0]["checkpoint"], weights_only=True)["particles"][0]["nerf"]
                for r in (plain, fast)]
-    # Relative change per tensor. Plain vs auto differ by fp32 summation order only, which Adam's eps=1e-15 lifts
-    # to ~5e-4 on the hash table after 6 steps (the MLP stays ~1e-5); a LoRA gate leaking into the pretrained
-    # samples moves every tensor by 8e-3 to 5e-2 (measured with the mask forced on).
+    # Relative change per tensor after 2 steps (two steps: from the third on the VSD dynamics amplify any
+    # difference chaotically). Plain and auto differ by fp32 summation order only: <= 5e-5. A LoRA gate leaking
+    # into the pretrained samples moves the hash table by ~1e-2 (measured with the mask forced on).
     for name, value in weights[0].items():
-        assert float((weights[1][name] - value).norm() / value.norm()) < 2e-3, name
+        assert float((weights[1][name] - value).norm() / value.norm()) < 1e-3, name
     assert "predict_noise" not in vars(prior) and not getattr(prior.unet, "peft_config", None)
 
 
