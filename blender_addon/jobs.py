@@ -33,7 +33,6 @@ class Job:
     preset: str
     seed: int
     variations: int
-    settings: dict[str, Any]
     overrides: dict[str, Any] = field(default_factory=dict)  # the backend settings sent with the job
     out_dir: str = ""  # where the backend writes; the job's folder in it is `folder`
     folder: str = ""  # the result folder's name: the first request's id, kept when the job is resumed
@@ -49,6 +48,11 @@ class Job:
     result: dict[str, Any] = field(default_factory=dict)  # the backend's result event
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """Everything the job was generated with (the objects' custom property)."""
+        return {"preset": self.preset, "seed": self.seed, "particles": self.variations, **self.overrides}
+
+    @property
     def finished(self) -> bool:
         return self.state == "done" or self.state in STOPPED
 
@@ -60,8 +64,8 @@ class Job:
         return any((Path(self.out_dir) / self.folder / "checkpoints").glob("*.pt"))
 
     def record(self) -> dict[str, Any]:
-        keys = ("id", "prompt", "preset", "seed", "variations", "settings", "overrides", "out_dir", "folder", "state",
-                "message", "code", "objects")
+        keys = ("id", "prompt", "preset", "seed", "variations", "overrides", "out_dir", "folder", "state", "message",
+                "code", "objects")
         return {key: getattr(self, key) for key in keys}
 
     @classmethod
@@ -200,20 +204,16 @@ def submit(prompt: str, preset: str, seed: int, variations: int, overrides: dict
            resume_of: Job | None = None) -> Job:
     """Queue a job; with `resume_of` (a stopped job) it continues that job's checkpoints in its folder and
     takes its place in the queue."""
-    settings = {"preset": preset, "seed": seed, "particles": variations, **overrides}
-    job = Job(id="", prompt=prompt, preset=preset, seed=seed, variations=variations, settings=settings,
-              overrides=dict(overrides))
-    if resume_of is not None:
-        job.out_dir, job.folder = resume_of.out_dir, resume_of.folder
+    job = Job(id="", prompt=prompt, preset=preset, seed=seed, variations=variations, overrides=dict(overrides),
+              out_dir=resume_of.out_dir if resume_of is not None else str(output_dir()),
+              folder=resume_of.folder if resume_of is not None else "")
     try:
         c = client()
         if not c.ready:
             backend_status.update(state="starting", text="Starting the backend...")
         fields = {"model": model_setting(), "device": prefs().device, **overrides}  # a script's own win
         if resume_of is not None:
-            fields.update(resume=True, job=resume_of.folder)
-        else:
-            job.out_dir = str(output_dir())
+            fields.update(resume=True, job=job.folder)
         job.id = c.generate(prompt, preset=preset, seed=seed, particles=variations, out_dir=job.out_dir, **fields)
         job.folder = job.folder or job.id  # the backend names a new job's folder after its id
     except BackendError as err:
@@ -324,9 +324,8 @@ def _on_hello(event: dict) -> None:
 
 def _import(job: Job, event: dict, undo: bool) -> None:
     job.result = event
-    settings = dict(job.settings)
     try:
-        objects = scene_import.import_result(event.get("objects", []), job.prompt, job.seed, settings,
+        objects = scene_import.import_result(event.get("objects", []), job.prompt, job.seed, job.settings,
                                              job_id=job.id, meta_path=event.get("meta"))
     except (scene_import.ResultError, OSError, RuntimeError, KeyError) as err:
         job.state, job.code, job.message = "error", "import_failed", f"Could not import the result: {err}"

@@ -51,16 +51,21 @@ class PROLIFIC_OT_generate(bpy.types.Operator):
         if values["negative_prompt"].strip():
             overrides.setdefault("prior", {})["negative_prompt"] = values["negative_prompt"]
         job = jobs.submit(values["prompt"], values["preset"], values["seed"], values["variations"], overrides)
-        if self.wait:
-            jobs.wait(job, self.timeout or None)
-        if job.state == "error":
-            self.report({"ERROR"}, job.message)
-            return {"CANCELLED"}
-        if job.state == "cancelled":
-            self.report({"WARNING"}, "The job was cancelled.")
-            return {"CANCELLED"}
-        self.report({"INFO"}, job.message if job.finished else f"Queued: {values['prompt']}")
-        return {"FINISHED"}
+        return follow(self, job, "Queued")
+
+
+def follow(op: bpy.types.Operator, job: jobs.Job, pending: str) -> set[str]:
+    """The end of Generate and Resume: wait when asked, then report how the job stands."""
+    if op.wait:
+        jobs.wait(job, op.timeout or None)
+    if job.state == "error":
+        op.report({"ERROR"}, job.message)
+        return {"CANCELLED"}
+    if job.state == "cancelled":
+        op.report({"WARNING"}, "The job was cancelled.")
+        return {"CANCELLED"}
+    op.report({"INFO"}, job.message if job.finished else f"{pending}: {job.prompt}")
+    return {"FINISHED"}
 
 
 class PROLIFIC_OT_cancel(bpy.types.Operator):
@@ -97,13 +102,7 @@ class PROLIFIC_OT_resume(bpy.types.Operator):
         except ValueError as err:
             self.report({"ERROR"}, str(err))
             return {"CANCELLED"}
-        if self.wait:
-            jobs.wait(job, self.timeout or None)
-        if job.state in ("error", "cancelled"):
-            self.report({"ERROR"} if job.state == "error" else {"WARNING"}, job.message)
-            return {"CANCELLED"}
-        self.report({"INFO"}, job.message if job.finished else f"Resumed: {job.prompt}")
-        return {"FINISHED"}
+        return follow(self, job, "Resumed")
 
 
 class PROLIFIC_OT_clear_finished(bpy.types.Operator):
@@ -217,8 +216,8 @@ def unwrap_mesh(mesh: bpy.types.Mesh, xatlas) -> None:
     mesh.uv_layers.active = layer
 
 
-CLASSES = (PROLIFIC_OT_generate, PROLIFIC_OT_cancel, PROLIFIC_OT_resume, PROLIFIC_OT_clear_finished, PROLIFIC_OT_check_backend,
-           PROLIFIC_OT_setup_backend, PROLIFIC_OT_unwrap_xatlas)
+CLASSES = (PROLIFIC_OT_generate, PROLIFIC_OT_cancel, PROLIFIC_OT_resume, PROLIFIC_OT_clear_finished,
+           PROLIFIC_OT_check_backend, PROLIFIC_OT_setup_backend, PROLIFIC_OT_unwrap_xatlas)
 
 
 def register() -> None:

@@ -84,3 +84,18 @@ prefs = bpy.context.preferences.addons[module].preferences
 def install_code(zip_path: Path) -> str:
     """Child code that installs and enables the zip, leaving `module`, `jobs` and `prefs` defined."""
     return INSTALL.format(zip=str(zip_path), module=MODULE)
+
+
+BACKEND = """
+api = __import__(module + ".api", fromlist=["api"])
+prefs.backend_python = sys.executable
+prefs.model = {model!r}
+prefs.device = "cpu"
+prefs.output_dir = {out!r}
+"""
+
+
+def install_with_backend_code(zip_path: Path, model: Path, out: Path) -> str:
+    """`install_code`, then preferences that run the real backend (this Python) on `model` on the CPU with results
+    in `out`; leaves `api` defined too."""
+    return install_code(zip_path) + BACKEND.format(model=str(model), out=str(out))

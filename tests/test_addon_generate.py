@@ -11,18 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from addon_helpers import build_zip, install_code, needs_bpy, run_blender
+from addon_helpers import build_zip, install_with_backend_code, needs_bpy, run_blender
 
 pytestmark = needs_bpy
 
 
 STORY = """
 import os, time
-api = __import__(module + ".api", fromlist=["api"])
-prefs.backend_python = sys.executable
-prefs.model = {model!r}
-prefs.device = "cpu"
-prefs.output_dir = {out!r}
 import xatlas
 wheel_dirs = [p for p in sys.path if "extensions" in p and "site-packages" in p]
 report(enabled=module in bpy.context.preferences.addons,
@@ -105,8 +100,9 @@ def story(tiny_sd_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("story")
     out = tmp / "results"
     out.mkdir()
-    code = STORY.format(model=str(tiny_sd_model), out=str(out), missing=str(tmp / "no-model-here"))
-    return run_blender("import numpy as np\n" + install_code(build_zip(tmp / "dist")) + code, tmp, timeout=900)
+    code = STORY.format(out=str(out), missing=str(tmp / "no-model-here"))
+    setup = install_with_backend_code(build_zip(tmp / "dist"), tiny_sd_model, out)
+    return run_blender("import numpy as np\n" + setup + code, tmp, timeout=900)
 
 
 def test_the_zip_installs_and_enables_with_its_bundled_wheel(story):

@@ -76,11 +76,11 @@ def test_running_job_shows_stage_progress_eta_preview_and_cancel(tmp_path):
     preview = tmp_path / "nerf_000004.png"
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(preview)
     facts = run_blender(SETUP + f"""
-running = jobs.QUEUE.add(jobs.Job(id="job-1", prompt="a red teapot", preset="test", seed=0, variations=1, settings={{}}))
+running = jobs.QUEUE.add(jobs.Job(id="job-1", prompt="a red teapot", preset="test", seed=0, variations=1))
 jobs.QUEUE.apply({{"event": "progress", "id": "job-1", "stage": "nerf", "step": 3, "total": 6, "eta_s": 75.0,
                   "preview": {str(preview)!r}}})
-waiting = jobs.QUEUE.add(jobs.Job(id="job-2", prompt="a blue chair", preset="test", seed=0, variations=1, settings={{}}))
-failed = jobs.QUEUE.add(jobs.Job(id="job-0", prompt="a hamburger", preset="test", seed=0, variations=1, settings={{}}))
+waiting = jobs.QUEUE.add(jobs.Job(id="job-2", prompt="a blue chair", preset="test", seed=0, variations=1))
+failed = jobs.QUEUE.add(jobs.Job(id="job-0", prompt="a hamburger", preset="test", seed=0, variations=1))
 jobs.QUEUE.apply({{"event": "error", "id": "job-0", "code": "model_not_found", "message": "No model at /x."}})
 report(main=draw(panel.PROLIFIC_PT_main), queue=draw(panel.PROLIFIC_PT_queue),
        preview_size=list(panel.load_preview(running.preview).image_size))
@@ -122,7 +122,7 @@ def test_a_stopped_job_with_checkpoints_offers_resume(tmp_path):
     (tmp_path / "out" / "job-7" / "checkpoints" / "nerf.pt").write_bytes(b"saved")
     facts = run_blender(SETUP + f"""
 def job(i, prompt):
-    return jobs.QUEUE.add(jobs.Job(id=i, prompt=prompt, preset="test", seed=0, variations=1, settings={{}},
+    return jobs.QUEUE.add(jobs.Job(id=i, prompt=prompt, preset="test", seed=0, variations=1,
                                    out_dir={str(tmp_path / "out")!r}, folder=i))
 stopped = job("job-7", "a red teapot")
 jobs.QUEUE.apply({{"event": "cancelled", "id": "job-7"}})
@@ -134,7 +134,8 @@ jobs.QUEUE.jobs.append(interrupted)
 report(queue=draw(panel.PROLIFIC_PT_queue), resumable=[j.resumable for j in jobs.QUEUE.jobs])
 """, tmp_path)
     assert facts["resumable"] == [True, False, True]
-    resumes = [c["props"]["job_id"] for c in calls_named(facts["queue"], "operator") if c["args"][0] == "prolific.resume"]
+    resumes = [c["props"]["job_id"] for c in calls_named(facts["queue"], "operator")
+               if c["args"][0] == "prolific.resume"]
     assert resumes == ["job-7", "job-9"]
     labels = [c["kwargs"]["text"] for c in calls_named(facts["queue"], "label")]
     assert "Blender closed while this job ran. Resume continues from its last checkpoint." in labels

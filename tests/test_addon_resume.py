@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from addon_helpers import build_zip, install_code, needs_bpy, run_blender
+from addon_helpers import build_zip, install_with_backend_code, needs_bpy, run_blender
 
 pytestmark = needs_bpy
 
-SETUP = """
+HELPERS = """
 import time
-api = __import__(module + ".api", fromlist=["api"])
-prefs.backend_python = sys.executable
-prefs.model = {model!r}
-prefs.device = "cpu"
-prefs.output_dir = {out!r}
 
 def run_until(job, step, stage="nerf"):
     deadline = time.monotonic() + 300
@@ -34,7 +29,7 @@ def first_progress(job):
 """
 
 FIRST = """
-cancelled = api.submit("a red teapot", preset="test", seed=2, nerf={{"steps": 60}})
+cancelled = api.submit("a red teapot", preset="test", seed=2, nerf={"steps": 60})
 run_until(cancelled, 4)
 jobs.cancel(cancelled.id)
 jobs.wait(cancelled, 300)
@@ -46,7 +41,7 @@ report(resumed_first=first_progress(resumed), queue_after_resume=[j.id for j in 
 jobs.wait(resumed, 600)
 report(resumed_state=resumed.state, resumed_folder=resumed.folder, resumed_objects=resumed.objects)
 
-left = api.submit("a blue chair", preset="test", seed=3, nerf={{"steps": 60}})
+left = api.submit("a blue chair", preset="test", seed=3, nerf={"steps": 60})
 run_until(left, 4)
 report(left_id=left.id, left_folder=left.folder, left_step=left.step)
 """  # the script ends here, as Blender would quit, with the job still running
@@ -72,8 +67,8 @@ def story(tiny_sd_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("resume")
     out = tmp / "results"
     out.mkdir()
-    setup = install_code(build_zip(tmp / "dist")) + SETUP.format(model=str(tiny_sd_model), out=str(out))
-    first = run_blender(setup + FIRST.format(), tmp, timeout=900)
+    setup = install_with_backend_code(build_zip(tmp / "dist"), tiny_sd_model, out) + HELPERS
+    first = run_blender(setup + FIRST, tmp, timeout=900)
     second = run_blender(setup + SECOND.format(left_id=first["left_id"]), tmp, timeout=900)  # same HOME
     return first, second, out
 

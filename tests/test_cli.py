@@ -88,6 +88,8 @@ def test_fresh_run_replaces_an_earlier_run(tmp_path, tiny_sd_model):
     (["--guidance", "magic"], "Unknown guidance 'magic'"),
     (["--stages", "texture,nerf"], "order nerf, geometry, texture"),
     (["--set", "nerf.bogus=1"], "nerf.bogus"),
+    (["--name", "../elsewhere"], "must be a plain folder name"),
+    (["--name", "c:teapot"], "must be a plain folder name"),
 ])
 def test_bad_settings_exit_2_with_one_clear_line(tmp_path, tiny_sd_model, capsys, args, message):
     assert generate(tmp_path, *args, model=tiny_sd_model) == 2

@@ -212,6 +212,15 @@ def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any]
     return JobConfig(**kwargs).validate()
 
 
+def check_job_name(job_name: Any) -> str:
+    """`job_name` when it is a plain folder name (no path separators, no drive colon, at most 200 characters)."""
+    if (not isinstance(job_name, str) or not job_name.strip() or job_name in (".", "..") or len(job_name) > 200
+            or any(c in job_name for c in '/\\:')):
+        raise BadRequest(f"The job name '{job_name}' must be a plain folder name inside the output folder "
+                         "(no path separators).")
+    return job_name
+
+
 def _require(cond: bool, message: str) -> None:
     if not cond:
         raise BadRequest(message)

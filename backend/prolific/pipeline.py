@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
-from .config import STAGES, JobConfig
+from .config import STAGES, JobConfig, check_job_name
 from .device import device_description, pick_device, pick_dtype
 from .errors import BadRequest, OutOfMemory
 from .events import Progress, Reporter
@@ -111,9 +111,7 @@ def stage_module(stage: str):
 
 def prepare_job_dir(out_dir: Path, job_name: str) -> Path:
     """Create the job folder, failing with the folder named when it cannot be written."""
-    if not job_name or job_name in (".", "..") or "/" in job_name or "\\" in job_name:
-        raise BadRequest(f"The job name '{job_name}' must be a plain folder name.")
-    job_dir = out_dir / job_name
+    job_dir = out_dir / check_job_name(job_name)
     try:
         job_dir.mkdir(parents=True, exist_ok=True)
         probe = job_dir / ".write_test"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from . import __version__
-from .config import JobConfig, make_config
+from .config import JobConfig, check_job_name, make_config
 from .device import device_description, pick_device, pick_dtype
 from .errors import BadRequest, Cancelled, ProlificError
 
@@ -135,10 +135,10 @@ class Server:
         resume = request.get("resume", False)
         if not isinstance(resume, bool):
             raise BadRequest("'resume' must be true or false.")
-        name = request.get("job", str(request["id"]))
-        if (not isinstance(name, str) or not name.strip() or name in (".", "..") or len(name) > 200
-                or any(c in name for c in '/\\:')):
-            raise BadRequest("'job' must name a result folder inside out_dir (no path separators).")
+        try:  # checked here too, so that a bad name is refused before the job queues
+            name = check_job_name(request.get("job", str(request["id"])))
+        except BadRequest as err:
+            raise BadRequest(f"'job': {err.message}") from None
         try:
             cfg = make_config(request.get("prompt", ""), request.get("preset", "standard"), overrides)
         except (TypeError, ValueError) as err:
