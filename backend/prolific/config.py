@@ -54,7 +54,7 @@ class NerfConfig:
     occupancy_threshold: float = 0.01
     occupancy_every: int = 16
     shading: tuple[float, float, float] = (0.2, 0.4, 0.4)  # probability of albedo / lambertian / textureless
-    camera_distance: tuple[float, float] = (1.5, 2.0)
+    camera_distance: tuple[float, float] = (1.0, 1.5)  # threestudio prolificdreamer.yaml and the official code
     elevation_deg: tuple[float, float] = (-10.0, 45.0)
     fov_deg: tuple[float, float] = (40.0, 70.0)
     checkpoint_every: int = 1000
