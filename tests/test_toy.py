@@ -7,28 +7,29 @@ from prolific.render.cameras import cameras_from_angles
 from prolific.toy import check
 from prolific.toy.dataset import ToyData
 from prolific.toy.render import render
-from prolific.toy.shapes import HELD_OUT, PALETTE, RADIUS, SHAPES, caption, parse_caption, sdf, training_pairs
+from prolific.toy.shapes import HELD_OUT, PALETTE, RADIUS, SCALE, SHAPES, caption, parse_caption, sdf, training_pairs
 
 
 def _front_camera(n: int = 1, elevation: float = 15.0):
     ones = torch.ones(n)
-    return cameras_from_angles(elevation * ones, 20.0 * ones, 1.75 * ones, 50.0 * ones)
+    return cameras_from_angles(elevation * ones, 20.0 * ones, 1.25 * ones, 55.0 * ones)
 
 
 def test_sphere_and_cube_distances_are_exact():
     dirs = torch.nn.functional.normalize(torch.randn(100, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
-    assert torch.allclose(sdf("sphere", 0.45 * dirs), torch.zeros(100), atol=1e-6)
-    assert abs(sdf("sphere", torch.zeros(1, 3)).item() + 0.45) < 1e-6
-    faces = torch.tensor([[0.33, 0, 0], [0, -0.33, 0.1], [0.1, 0.2, 0.33]])
+    r, half = 0.45 * SCALE, 0.33 * SCALE  # the modelled sizes, scaled into the world
+    assert torch.allclose(sdf("sphere", r * dirs), torch.zeros(100), atol=1e-6)
+    assert abs(sdf("sphere", torch.zeros(1, 3)).item() + r) < 1e-6
+    faces = half * torch.tensor([[1.0, 0, 0], [0, -1.0, 0.3], [0.3, 0.6, 1.0]])
     assert torch.allclose(sdf("cube", faces), torch.zeros(3), atol=1e-6)
-    assert abs(sdf("cube", torch.tensor([[0.5, 0.0, 0.0]])).item() - 0.17) < 1e-6
-    assert abs(sdf("cube", torch.tensor([[0.53, 0.53, 0.0]])).item() - 0.2 * 2 ** 0.5) < 1e-6
-    assert abs(sdf("cube", torch.zeros(1, 3)).item() + 0.33) < 1e-6
+    assert abs(sdf("cube", torch.tensor([[half + 0.1, 0.0, 0.0]])).item() - 0.1) < 1e-6
+    assert abs(sdf("cube", torch.tensor([[half + 0.1, half + 0.1, 0.0]])).item() - 0.1 * 2 ** 0.5) < 1e-6
+    assert abs(sdf("cube", torch.zeros(1, 3)).item() + half) < 1e-6
 
 
 def test_every_shape_is_solid_and_inside_its_bounding_sphere():
     dirs = torch.nn.functional.normalize(torch.randn(2000, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
-    inside = {"torus": torch.tensor([[0.38, 0.0, 0.0]]), "table": torch.tensor([[0.0, 0.0, 0.12]])}
+    inside = {"torus": SCALE * torch.tensor([[0.38, 0.0, 0.0]]), "table": SCALE * torch.tensor([[0.0, 0.0, 0.12]])}
     for shape in SHAPES:
         assert (sdf(shape, (RADIUS + 0.01) * dirs) > 0).all(), shape
         assert sdf(shape, inside.get(shape, torch.zeros(1, 3))).item() < 0, shape
@@ -45,9 +46,10 @@ def test_render_is_white_around_the_object_and_coloured_on_it():
     lit = rgb[1, :, 16, 16]
     assert lit.argmax() == 2 and lit.max() < albedo[1].max() + 1e-6  # shaded blue, no brighter than albedo
     assert torch.allclose(out["albedo"][1, :, 16, 16], albedo[1])
-    # the sphere's silhouette is a disc of the expected projected radius (0.45 at 1.75 m, fov 50°)
+    # the sphere's silhouette is a disc of the expected projected radius (0.3 at 1.25 m, fov 55°)
     area = mask[0, 0].sum().item()
-    r_px = 16 * (0.45 / (1.75 ** 2 - 0.45 ** 2) ** 0.5) / torch.tan(torch.deg2rad(torch.tensor(25.0))).item()
+    r = 0.45 * SCALE
+    r_px = 16 * (r / (1.25 ** 2 - r ** 2) ** 0.5) / torch.tan(torch.deg2rad(torch.tensor(27.5))).item()
     assert abs(area - torch.pi * r_px ** 2) < 0.1 * area
 
 

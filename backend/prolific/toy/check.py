@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..prior.diffusion import VIEW_SUFFIXES
 from ..render.cameras import cameras_from_angles
-from .render import render
+from .render import VIEW_DISTANCE, VIEW_FOV_DEG, render
 from .shapes import HELD_OUT, PALETTE, SHAPES, caption, nearest_colour, training_pairs
 
 FOREGROUND = 0.2  # a pixel is foreground when its darkest channel is below 1 - FOREGROUND
@@ -74,7 +74,7 @@ def case_cameras(cases: list[Case], device="cpu"):
     el = torch.tensor([VIEWS[c.direction][0] for c in cases])
     az = torch.tensor([VIEWS[c.direction][1] for c in cases])
     ones = torch.ones(len(cases))
-    return cameras_from_angles(el, az, 1.75 * ones, 50.0 * ones).to(device)
+    return cameras_from_angles(el, az, VIEW_DISTANCE * ones, VIEW_FOV_DEG * ones).to(device)
 
 
 def true_renders(cases: list[Case], size: int, device="cpu") -> torch.Tensor:
@@ -119,10 +119,12 @@ def silhouette_templates(size: int = 64, device="cpu") -> dict[str, torch.Tensor
     el, az = torch.meshgrid(torch.tensor(TEMPLATE_ELEVATIONS), torch.tensor(TEMPLATE_AZIMUTHS), indexing="ij")
     el, az = el.flatten(), az.flatten()
     ones = torch.ones(len(el))
-    cams = cameras_from_angles(el, az, 1.75 * ones, 50.0 * ones).to(device)
+    cams = cameras_from_angles(el, az, VIEW_DISTANCE * ones, VIEW_FOV_DEG * ones).to(device)
     out = {}
     for shape in SHAPES:
-        masks = render([shape] * len(el), torch.zeros(len(el), 3), cams, size, size)["mask"][:, 0] > 0.5
+        # A black object, anti-aliased like the samples and cut by their foreground rule, so edge pixels count alike.
+        black = render([shape] * len(el), torch.zeros(len(el), 3), cams, size, size, supersample=2)
+        masks = foreground(black["rgb"])
         out[shape] = normalise_masks(masks)
     return out
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..render.cameras import Cameras, orbit_cameras
-from .render import render, trace
+from .render import VIEW_DISTANCE, VIEW_FOV_DEG, render, trace
 from .shapes import PALETTE, SHAPES, nearest_colour, parse_caption, sdf
 
 DEFAULT_PROMPTS = ("a red cube", "a green cone", "a blue torus", "a yellow snowman")
@@ -63,7 +63,8 @@ class Mesh:
 
 
 def views(device) -> Cameras:
-    return orbit_cameras(VIEWS, elevation_deg=20.0, distance=1.75, fov_deg=50.0, device=device)
+    return orbit_cameras(VIEWS, elevation_deg=20.0, distance=VIEW_DISTANCE, fov_deg=VIEW_FOV_DEG,
+                         device=device)
 
 
 def true_views(shape: str, colour: str | None, cameras: Cameras, size: int = VIEW_SIZE) -> dict[str, torch.Tensor]:

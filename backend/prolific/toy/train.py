@@ -5,9 +5,11 @@
 Data are rendered on the device into a pool of images that is refreshed as training goes (each image is used
 about `--reuse` times), so nothing is written to disk. bf16 autocast on CUDA, AdamW with warmup and a cosine
 decay over the run's time (or --steps, whichever ends first), the v-prediction loss (--prediction), 10% empty
-captions for classifier-free guidance, EMA of the weights, optionally torch.compile (--compile). A checkpoint
-(model, EMA, optimiser, step, time) is written every --ckpt-minutes and at the end; --resume continues from it.
-The EMA weights are exported in fp16.
+captions for classifier-free guidance, EMA of the weights; on CUDA the step is replayed from a CUDA graph
+(--step graph, the default; `train_step.py`), optionally torch.compile (--compile). A checkpoint (model, EMA,
+optimiser, step, time) is written every --ckpt-minutes and at the end; --resume continues from it. The EMA weights
+are exported in fp16 at every checkpoint; --init-from starts a new run from such an exported folder (weights
+and EMA, a fresh optimiser), for machines where only the exported model can be kept between runs.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch
 
 from .dataset import ToyData
 from .model import PREDICTION_TYPES, build_models, build_tokenizer, fp16_bytes, make_scheduler, save_model, tokenize
+from .train_step import make_optimizer, make_step, set_lr
 
 EXPORT_MARGIN_S = 25.0  # time kept at the end of --minutes for the last checkpoint and the export
 P_EMPTY_CAPTION = 0.10
@@ -48,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prediction", choices=PREDICTION_TYPES, default="v_prediction")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (falls back to eager when compiling fails)")
+    p.add_argument("--step", choices=("graph", "eager"), default="graph",
+                   help="graph: replay the training step from a CUDA graph on CUDA (default); eager: plain PyTorch")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from an exported model folder (its weights as model and EMA, a fresh optimiser)")
     p.add_argument("--pool", type=int, default=8192, help="images kept rendered on the device")
     p.add_argument("--chunk", type=int, default=1024, help="images rendered per refresh")
     p.add_argument("--reuse", type=float, default=8.0, help="mean number of times each rendered image is used")
@@ -94,9 +101,25 @@ class Pool:
 
 
 def lr_at(step: int, progress: float, args: argparse.Namespace) -> float:
+    """Linear warm-up over this run's first --warmup steps (`step` counts from the run's start), then cosine."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def init_from_export(folder: Path, unet, text, args: argparse.Namespace) -> dict:
+    """Load an exported model folder's (fp16 EMA) weights into `unet` and `text`; the run continues its step count
+    and training time with a fresh optimiser (hence a new warm-up)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    info = json.loads((folder / "toy.json").read_text())
+    if info.get("prediction", "epsilon") != args.prediction:
+        sys.exit(f"{folder} was trained with --prediction {info.get('prediction', 'epsilon')}; pass it or start fresh.")
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(folder / "unet").float().state_dict())
+    text.load_state_dict(CLIPTextModel.from_pretrained(folder / "text_encoder").float().state_dict())
+    return {"step": int(info.get("steps", 0)), "train_seconds": 60.0 * float(info.get("train_minutes", 0.0)),
+            "losses": []}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -131,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit(f"{ckpt_path} was trained with --prediction {saved_prediction}; pass it or use a new --work.")
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
+    elif args.init_from is not None:
+        state = init_from_export(args.init_from, unet, text, args)
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text)
     if "ema_unet" in state:
         ema_unet.load_state_dict(state["ema_unet"])
@@ -143,10 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     ema_text.requires_grad_(False).eval()
     params = [p for m in (unet, text) for p in m.parameters()]
     ema_params = [p for m in (ema_unet, ema_text) for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=cuda)
+    opt = make_optimizer(params, args.lr, device)
     if "opt" in state:
         opt.load_state_dict(state["opt"])
     step, seconds_before = state["step"], state["train_seconds"]
+    run_start_step = step
     log(f"toy prior: {args.size} model, {fp16_bytes(unet, text) / 1e6:.1f} MB in fp16, device {device}"
         f"{' ' + torch.cuda.get_device_name(device) if cuda else ''}; "
         f"{'resumed at step ' + str(step) if step else 'from scratch'}; batch {args.batch}, lr {args.lr}, "
@@ -163,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     fill_s = time.monotonic() - fill_start
     empty_ids = tokenize(tokenizer, [""]).to(device)
     refresh_every = max(1, round(args.chunk * args.reuse / args.batch))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    # No autocast weight cache: a CUDA graph must recast the weights at every replay.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda, cache_enabled=False)
     log(f"data pool of {pool.filled} images rendered in {fill_s:.1f} s ({pool.filled / fill_s:.0f} img/s); "
         f"{args.chunk} new images every {refresh_every} steps; started {time.monotonic() - t_start:.0f} s ago")
 
@@ -171,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     loop_start = time.monotonic()
     budget_s = seconds_before + max(deadline - loop_start, 1.0) if total_s is None else total_s
     last_ckpt, window_t, window_step, losses = loop_start, loop_start, step, []
+    refresh_s = 0.0  # time spent rendering new pool images in the current log window
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
@@ -178,22 +206,31 @@ def main(argv: list[str] | None = None) -> dict:
             "train_seconds": seconds_before + time.monotonic() - loop_start,
             "unet": unet.state_dict(), "text": text.state_dict(), "ema_unet": ema_unet.state_dict(),
             "ema_text": ema_text.state_dict(), "opt": opt.state_dict(), "losses": state["losses"]})
+        save_model(args.out, ema_unet, ema_text, tokenizer, run_info(), args.prediction)
 
-    def loss_and_backward(x_t, t, ids, target) -> torch.Tensor:
+    def run_info() -> dict:
+        return {"steps": step, "batch": args.batch, "prediction": args.prediction,
+                "train_minutes": round((seconds_before + time.monotonic() - loop_start) / 60, 2),
+                "holdout": args.holdout, "final_loss": state["losses"][-1][1] if state["losses"] else None,
+                "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
+
+    def loss_fn(x_t, t, ids, target) -> torch.Tensor:
         with autocast:
             pred = unet(x_t, t, encoder_hidden_states=text(ids)[0]).sample
-        loss = (pred.float() - target).square().mean()
-        loss.backward()
-        return loss
+        return (pred.float() - target).square().mean()
 
     first_compiled_step = args.compile
     if args.compile:
         unet.compile(dynamic=False)  # in place: state_dict keys stay those of the plain module
+    train_step = make_step("eager" if args.compile else args.step, loss_fn, params, opt, device, log)
+    log(f"training step: {'torch.compile' if args.compile else train_step.name}")
     unet.train()
     text.train()
     while step < args.steps and time.monotonic() < deadline:
         if step % refresh_every == 0:
+            refresh_start = time.monotonic()
             pool.refresh(args.chunk)
+            refresh_s += time.monotonic() - refresh_start
         x0, ids = pool.batch(args.batch)
         drop = torch.rand(args.batch, device=device, generator=generator) < P_EMPTY_CAPTION
         ids = torch.where(drop[:, None], empty_ids, ids)
@@ -205,24 +242,19 @@ def main(argv: list[str] | None = None) -> dict:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         # Unweighted: min-SNR weighting starved the low-noise steps of the first H100 run (noisy samples).
         target = noise if args.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
-        opt.zero_grad(set_to_none=True)
+        elapsed = seconds_before + time.monotonic() - loop_start
+        lr = lr_at(step - run_start_step, max(step / args.steps, elapsed / budget_s), args)
+        set_lr(opt, lr)
         try:
-            loss = loss_and_backward(x_t, t, ids, target)
+            loss = train_step(x_t, t, ids, target)
         except Exception as err:  # noqa: BLE001 - compiling is optional: the first step falls back to eager
             if not first_compiled_step:
                 raise
             log(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly")
             unet._compiled_call_impl = None
             torch._dynamo.reset()
-            opt.zero_grad(set_to_none=True)
-            loss = loss_and_backward(x_t, t, ids, target)
+            loss = train_step(x_t, t, ids, target)
         first_compiled_step = False
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        elapsed = seconds_before + time.monotonic() - loop_start
-        lr = lr_at(step, max(step / args.steps, elapsed / budget_s), args)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.step()
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
@@ -236,8 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
             rate = (step - window_step) / max(now - window_t, 1e-9)
             eta = min((args.steps - step) / max(rate, 1e-9), max(deadline - now, 0.0))
             log(f"step {step} loss {mean_loss:.4f} lr {lr:.2e} {rate:.2f} it/s {rate * args.batch:.0f} img/s "
-                f"elapsed {now - t_start:.0f} s eta {eta:.0f} s")
-            window_t, window_step = now, step
+                f"data {refresh_s / max(now - window_t, 1e-9):.0%} elapsed {now - t_start:.0f} s eta {eta:.0f} s")
+            window_t, window_step, refresh_s = now, step, 0.0
         if time.monotonic() - last_ckpt > args.ckpt_minutes * 60:
             checkpoint()
             last_ckpt = time.monotonic()
@@ -245,11 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     checkpoint()
     train_seconds = seconds_before + time.monotonic() - loop_start
-    info = {"steps": step, "batch": args.batch, "prediction": args.prediction,
-            "train_minutes": round(train_seconds / 60, 2), "holdout": args.holdout,
-            "final_loss": state["losses"][-1][1] if state["losses"] else None,
-            "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
-    save_model(args.out, ema_unet, ema_text, tokenizer, info, args.prediction)
+    info = run_info()
     log(f"done: {step} steps in {train_seconds / 60:.1f} min of training; EMA weights (fp16) exported to {args.out} "
         f"in {time.monotonic() - t_start:.0f} s total")
     (args.work / "train_log.json").write_text(json.dumps({**info, "losses": state["losses"]}) + "\n")
