@@ -59,3 +59,31 @@ def test_benchmark_runs_the_pipeline_and_reports_scores(tmp_path):
     assert row["guidance"] == "vsd" and 0.0 <= row["silhouette_iou"] <= 1.0 and row["chamfer"] > 0
     assert len(report["diversity"]["vsd"]["shapes"]) == 2
     assert json.loads((tmp_path / "bench" / "quality.json").read_text())["summary"]["vsd"]["volume_iou"] is not None
+
+
+def _part(prompt: str, guidance: str, iou: float, diversity: dict | None = None) -> dict:
+    row = {"prompt": prompt, "guidance": guidance, "silhouette_iou": iou, "volume_iou": iou / 2, "chamfer": 0.1,
+           "albedo_error": 0.05, "colour_ok": True}
+    return {"benchmark": "quality", "model": "toy", "preset": "demo", "seed": 0, "prompts": [prompt],
+            "summary": quality.summarise([row], [guidance]), "runs": [row], "diversity": diversity, "seconds": 10.0}
+
+
+def test_reports_run_in_parts_merge_into_one_with_the_summary_recomputed(tmp_path):
+    from prolific.bench import quality as bench_quality
+    from prolific.errors import BadRequest
+
+    parts = [_part("a red cube", "vsd", 0.8), _part("a blue torus", "vsd", 0.6),
+             _part("a red cube", "sds", 0.4, {"prompt": "a red object", "sds": {"distinct_shapes": 2}})]
+    paths = []
+    for k, part in enumerate(parts):
+        paths.append(tmp_path / f"part{k}.json")
+        paths[-1].write_text(json.dumps(part))
+    assert bench_quality.run(["--merge", *map(str, paths), "--json", str(tmp_path / "all.json")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["summary"]["vsd"]["silhouette_iou"] == 0.7 and merged["summary"]["sds"]["volume_iou"] == 0.2
+    assert merged["prompts"] == ["a red cube", "a blue torus"] and len(merged["runs"]) == 3
+    assert merged["diversity"]["sds"]["distinct_shapes"] == 2 and merged["seconds"] == 30.0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**parts[0], "preset": "draft"}))
+    with pytest.raises(BadRequest, match="different model/preset/seed"):
+        bench_quality.run(["--merge", str(paths[0]), str(other)])

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", default=None, metavar="JSON",
                         help='config overrides as JSON, e.g. \'{"nerf": {"steps": 200}}\'')
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="REPORT",
+                        help="run nothing: merge the JSON reports of one benchmark run in parts (e.g. one process "
+                             "per prompt) into one report with the summary recomputed")
     return parser
 
 
@@ -34,6 +37,15 @@ def run(argv: list[str]) -> int:
     from ..toy.quality import run_quality
 
     args = build_parser().parse_args(argv)
+    if args.merge:
+        from ..toy.quality import merge_reports
+
+        try:
+            report = merge_reports([json.loads(path.read_text()) for path in args.merge])
+        except (OSError, ValueError, KeyError) as err:
+            raise BadRequest(f"Cannot merge the quality reports: {err}") from None
+        common.emit(report, args.json)
+        return 0
     guidances = tuple(g.strip() for g in args.guidances.split(",") if g.strip())
     if not guidances or any(g not in ("vsd", "sds") for g in guidances):
         raise BadRequest(f"--guidances must list vsd and/or sds, got '{args.guidances}'.")

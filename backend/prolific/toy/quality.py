@@ -218,6 +218,36 @@ def _mean(rows: list[dict], key: str) -> float | None:
     return round(sum(vals) / len(vals), 4) if vals else None
 
 
+def summarise(rows: list[dict], guidances: Sequence[str]) -> dict:
+    """Per guidance, the mean of every metric over the scored objects and the fraction of right colours."""
+    metrics = ("silhouette_iou", "volume_iou", "chamfer", "albedo_error")
+    summary = {g: {m: _mean([r for r in rows if r["guidance"] == g], m) for m in metrics} for g in guidances}
+    for g in guidances:
+        oks = [r["colour_ok"] for r in rows if r["guidance"] == g and r.get("colour_ok") is not None]
+        summary[g]["colour_accuracy"] = round(sum(oks) / len(oks), 4) if oks else None
+    return summary
+
+
+def merge_reports(reports: Sequence[dict]) -> dict:
+    """One report from reports of the same benchmark run in parts (e.g. one process per prompt on one GPU): their
+    runs and diversity studies together, the summary recomputed. Parts must share model, preset and seed."""
+    keys = {(r["model"], r["preset"], r["seed"]) for r in reports}
+    if len(keys) != 1:
+        raise ValueError(f"Cannot merge quality reports of different model/preset/seed: {sorted(keys)}.")
+    rows = [row for r in reports for row in r["runs"]]
+    guidances = list(dict.fromkeys(row["guidance"] for row in rows))
+    diversity: dict = {}
+    for r in reports:
+        for key, value in (r.get("diversity") or {}).items():
+            if key != "prompt" and key in diversity:
+                raise ValueError(f"Two parts hold the {key} diversity study.")
+            diversity[key] = value
+    first = reports[0]
+    return {**first, "prompts": list(dict.fromkeys(p for r in reports for p in r["prompts"])),
+            "summary": summarise(rows, guidances), "runs": rows, "diversity": diversity or None,
+            "seconds": round(sum(r["seconds"] for r in reports), 1), "parts": len(reports)}
+
+
 def run_quality(model: str | None = None, prompts: Sequence[str] = DEFAULT_PROMPTS, preset: str = "draft",
                 guidances: Sequence[str] = ("vsd", "sds"), seed: int = 0,
                 diversity_prompt: str | None = DIVERSITY_PROMPT, diversity_runs: int = 4,
@@ -266,11 +296,7 @@ def run_quality(model: str | None = None, prompts: Sequence[str] = DEFAULT_PROMP
                 rows.append(row)
                 log(f"  {json.dumps(row)}")
 
-    metrics = ("silhouette_iou", "volume_iou", "chamfer", "albedo_error")
-    summary = {g: {m: _mean([r for r in rows if r["guidance"] == g], m) for m in metrics} for g in guidances}
-    for g in guidances:
-        oks = [r["colour_ok"] for r in rows if r["guidance"] == g and r.get("colour_ok") is not None]
-        summary[g]["colour_accuracy"] = round(sum(oks) / len(oks), 4) if oks else None
+    summary = summarise(rows, guidances)
 
     diversity = {}
     if diversity_prompt and diversity_runs > 1:

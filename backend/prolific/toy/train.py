@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="torch.compile the UNet (falls back to eager when compiling fails)")
     p.add_argument("--step", choices=("graph", "eager"), default="graph",
                    help="graph: replay the training step from a CUDA graph on CUDA (default); eager: plain PyTorch")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep the UNet's activations in NCHW on CUDA (default: channels-last)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from an exported model folder (its weights as model and EMA, a fresh optimiser)")
     p.add_argument("--pool", type=int, default=8192, help="images kept rendered on the device")
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         ema_text.load_state_dict(state["ema_text"])
     for m in (unet, text, ema_unet, ema_text):
         m.to(device)
-    if cuda:
+    channels_last = cuda and args.channels_last
+    if channels_last:
         unet.to(memory_format=torch.channels_last)
     ema_unet.requires_grad_(False).eval()
     ema_text.requires_grad_(False).eval()
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compile:
         unet.compile(dynamic=False)  # in place: state_dict keys stay those of the plain module
     train_step = make_step("eager" if args.compile else args.step, loss_fn, params, opt, device, log)
-    log(f"training step: {'torch.compile' if args.compile else train_step.name}")
+    log(f"training step: {'torch.compile' if args.compile else train_step.name}"
+        f"{', channels-last' if channels_last else ''}")
     unet.train()
     text.train()
     while step < args.steps and time.monotonic() < deadline:
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         noise = torch.randn(x0.shape, device=device, generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        if cuda:
+        if channels_last:
             x_t = x_t.contiguous(memory_format=torch.channels_last)
         # Unweighted: min-SNR weighting starved the low-noise steps of the first H100 run (noisy samples).
         target = noise if args.prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
