@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from addon_helpers import ROOT, needs_bpy, run_blender
+from prolific.config import make_config
+from prolific.events import Reporter
+from prolific.export.result import export_objects
+from prolific.export.seams import split_at_seams
+from prolific.field.dmtet import DMTet, TetGrid
+from prolific.stages.common import StageContext
 
 pytestmark = needs_bpy
 
@@ -93,6 +104,76 @@ report(objects=out, active=bpy.context.view_layer.objects.active.name)
     assert x0 + x1 == pytest.approx(20.0) and x1 - x0 >= 2.0  # the second object is 2 m wide
 
 
+def parts(faces: np.ndarray, n_vertices: int) -> int:
+    """Connected parts of a mesh: faces linked through the vertices they share."""
+    rows = np.repeat(np.arange(len(faces)) + n_vertices, 3)
+    graph = coo_matrix((np.ones(faces.size), (rows, faces.ravel())), shape=(n_vertices + len(faces),) * 2)
+    return connected_components(graph, directed=False)[0]
+
+
+def test_a_backend_result_comes_in_as_one_piece_per_connected_part_with_its_corner_uvs(tmp_path):
+    # Two balls the way stage 2 makes surfaces (DMTet), written by the backend's exporter (xatlas cuts seams).
+    grid = TetGrid.build(16, 1.0)
+    dmtet = DMTet(grid)
+    with torch.no_grad():
+        v = grid.vertices
+        dmtet.sdf.copy_(torch.minimum((v - torch.tensor([-0.45, 0, 0])).norm(dim=-1) - 0.35,
+                                      (v - torch.tensor([0.45, 0.1, 0])).norm(dim=-1) - 0.3))
+    backend_mesh = dmtet.mesh().detach()
+    n_parts = parts(backend_mesh.faces.numpy(), len(backend_mesh.positions))
+    assert n_parts == 2
+    cancel = threading.Event()
+    ctx = StageContext(make_config("two balls", "test"), torch.device("cpu"), None, None, tmp_path / "job",
+                       Reporter(None, cancel), cancel, torch.Generator().manual_seed(0))
+    [entry] = export_objects(ctx, [backend_mesh], [None])
+    data = np.load(entry["mesh"])
+    # The same object in the older format: vertices split at the UV seams, one UV each.
+    vmapping, split_faces, split_uv = split_at_seams(data["faces"], data["uv"])
+    old = tmp_path / "old" / "object_0"
+    old.mkdir(parents=True)
+    np.savez(old / "mesh.npz", positions=data["positions"][vmapping], faces=split_faces, uv=split_uv,
+             normals=data["normals"][vmapping])
+    shutil.copy(entry["albedo"], old / "albedo.png")
+    assert parts(split_faces, len(vmapping)) > 3 * n_parts  # what Blender got before: a piece per UV chart
+    entries = [{"mesh": entry["mesh"], "albedo": entry["albedo"]},
+               {"mesh": str(old / "mesh.npz"), "albedo": str(old / "albedo.png")}]
+    facts = run_blender(LOAD_MODULE + f"""
+import numpy as np
+out = []
+for obj in scene_import.import_result({entries!r}, "two balls", 0, {{}}):
+    mesh = obj.data
+    co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+    mesh.vertices.foreach_get("co", co)
+    loops = np.empty(len(mesh.loops), dtype=np.int32)
+    mesh.loops.foreach_get("vertex_index", loops)
+    uv = np.empty(len(mesh.loops) * 2, dtype=np.float32)
+    mesh.uv_layers["UVMap"].uv.foreach_get("vector", uv)
+    out.append(dict(name=obj.name, vertices=len(mesh.vertices), corners=co.reshape(-1, 3)[loops].tolist(),
+                    uv=uv.tolist()))
+for name in [o["name"] for o in out]:  # what a user sees: Edit Mode > Separate > By Loose Parts
+    obj = bpy.data.objects[name]
+    for other in bpy.context.view_layer.objects:
+        other.select_set(other == obj)
+    bpy.context.view_layer.objects.active = obj
+    before = set(bpy.data.objects)
+    with bpy.context.temp_override(active_object=obj):
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.select_all(action="SELECT")
+        bpy.ops.mesh.separate(type="LOOSE")
+        bpy.ops.object.mode_set(mode="OBJECT")
+    next(o for o in out if o["name"] == name)["pieces"] = 1 + len(set(bpy.data.objects) - before)
+report(objects=out)
+""", tmp_path)
+    distinct = len(np.unique(data["positions"], axis=0))
+    assert distinct == len(backend_mesh.positions) == len(data["positions"])
+    for obj in facts["objects"]:
+        assert obj["pieces"] == n_parts, obj["name"]
+        assert obj["vertices"] == distinct, obj["name"]
+        # Every face corner keeps its position and its UV, in the file's face order.
+        np.testing.assert_array_equal(np.reshape(obj["corners"], (-1, 3, 3)), data["positions"][data["faces"]])
+        np.testing.assert_allclose(np.reshape(obj["uv"], (-1, 3, 2)), data["uv"], atol=1e-6)
+
+
 def test_seams_get_welded_normals_without_a_normals_array(tmp_path):
     # Two triangles of a flat square whose shared edge is split (a UV seam): both sides must shade the same.
     positions = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=np.float32)
@@ -143,7 +224,11 @@ seconds = time.perf_counter() - t
 report(seconds=seconds, faces=len(obj.data.polygons), verts=len(obj.data.vertices))
 """, tmp_path)
     print(f"\n1M-triangle import: {facts['faces']} triangles, {facts['verts']} vertices in {facts['seconds']:.2f} s")
-    assert facts["faces"] == len(faces) and facts["verts"] == len(positions)
+    # The grid's seam column and north-pole row are welded; the pole's triangles collapse and are left out.
+    _, weld = np.unique(positions.astype(np.float32), axis=0, return_inverse=True)
+    corners = weld.reshape(-1)[faces]
+    whole = (corners[:, 0] != corners[:, 1]) & (corners[:, 1] != corners[:, 2]) & (corners[:, 2] != corners[:, 0])
+    assert facts["faces"] == whole.sum() and facts["verts"] == weld.max() + 1 < len(positions)
     assert facts["seconds"] < 5.0
 
 
