@@ -99,7 +99,8 @@ def build_mesh(name: str, arrays: dict[str, np.ndarray]) -> bpy.types.Mesh:
 
 def make_material(name: str, albedo_path: str | Path) -> bpy.types.Material:
     """Principled BSDF whose base colour is the baked albedo, the image packed into the .blend."""
-    image = bpy.data.images.load(str(albedo_path), check_existing=False)
+    # An absolute path, which saving the .blend makes relative to it: a path that exists, also beside the file.
+    image = bpy.data.images.load(str(Path(albedo_path).resolve()), check_existing=False)
     image.name = f"{name} albedo"
     image.pack()
     mat = bpy.data.materials.new(name)

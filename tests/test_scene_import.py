@@ -4,10 +4,12 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import trimesh
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -232,35 +234,105 @@ report(seconds=seconds, faces=len(obj.data.polygons), verts=len(obj.data.vertice
     assert facts["seconds"] < 5.0
 
 
-def test_a_result_folder_becomes_a_self_contained_blend_file(tmp_path):
-    # README's main command ends with `python -m blender_addon.blend_file JOB OUT.blend`.
-    positions, faces = tetrahedron()
-    uv = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32)
-    job = tmp_path / "red_cube"
-    write_object(job / "object_0", positions, faces, uv, texture_size=(8, 4), seed=3)
+FRAMING = """
+from bpy_extras.object_utils import world_to_camera_view
+scene = bpy.context.scene
+meshes = [o for o in scene.objects if o.type == "MESH"]
+view = np.array([world_to_camera_view(scene, scene.camera, o.matrix_world @ v.co)
+                 for o in meshes for v in o.data.vertices])
+scene.render.engine = "CYCLES"
+scene.cycles.samples = 4
+scene.render.resolution_x, scene.render.resolution_y = 96, 54
+scene.render.filepath = os.path.join(os.environ["PROLIFIC_TEST_REPORT"] + ".png")
+bpy.ops.render.render(write_still=True)
+framing = dict(camera=scene.camera.type, lights=[o.data.type for o in scene.objects if o.type == "LIGHT"],
+               view_min=view.min(0).tolist(), view_max=view.max(0).tolist(), render=scene.render.filepath)
+"""
+
+
+def check_framing(framing: dict) -> None:
+    """The scene camera sees every vertex, the objects fill a good part of the frame, and a light shows them."""
+    assert framing["camera"] == "CAMERA" and framing["lights"] == ["SUN"]
+    (x0, y0, z0), (x1, y1, _) = framing["view_min"], framing["view_max"]
+    assert z0 > 0 and 0.02 < x0 and x1 < 0.98 and 0.02 < y0 and y1 < 0.98  # in front, inside the frame
+    assert max(x1 - x0, y1 - y0) > 0.4
+    rgb = np.asarray(Image.open(framing["render"]).convert("RGB"), dtype=np.float32) / 255
+    lit = rgb.max(-1) > 0.05  # no world: only the lit objects are not black
+    assert 0.05 < lit.mean() and not (lit[0].any() or lit[-1].any() or lit[:, 0].any() or lit[:, -1].any())
+
+
+def ball(folder, centre=(0.0, 0.0, 0.0), seed=0):
+    """A result object: a 1 m ball (trimesh's icosphere), light grey."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    uv = sphere.vertices[:, :2] + 0.5
+    entry = write_object(folder, sphere.vertices + centre, sphere.faces, uv, texture_size=(8, 4), seed=seed)
+    Image.new("RGB", (8, 4), (200, 200, 200)).save(entry["albedo"])
+    return sphere
+
+
+def test_a_result_folder_becomes_a_self_contained_blend_file_with_a_camera_and_a_light(tmp_path):
+    # README's main command ends with `python -m blender_addon.blend_file out/red_cube out/red_cube.blend`, run
+    # from the repository root (where the package imports): here relative paths from the child's folder.
+    job = tmp_path / "out" / "red_cube"
+    sphere = ball(job / "object_0", seed=3)
     (job / "meta.json").write_text(json.dumps({"prompt": "a red cube", "seed": 3, "settings": {}}))
     blend = tmp_path / "out" / "red_cube.blend"
     run_blender(f"""
 import runpy, sys
 sys.path.insert(0, {str(ROOT)!r})
-sys.argv = ["blend_file", {str(job)!r}, {str(blend)!r}]
+sys.argv = ["blend_file", "out/red_cube", "out/red_cube.blend"]
 try:
     runpy.run_module("blender_addon.blend_file", run_name="__main__")
 except SystemExit as done:
     report(exit=done.code)
 """, tmp_path)
-    (job / "object_0" / "albedo.png").unlink()  # the .blend must not need the folder any more
-    facts = run_blender(f"""
+    albedo = job / "object_0" / "albedo.png"
+    image_facts = f"""
+import numpy as np
 bpy.ops.wm.open_mainfile(filepath={str(blend)!r})
 obj = bpy.data.objects["a red cube"]
 image = next(n for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE").image
-report(names=[o.name for o in bpy.data.objects], vertices=len(obj.data.vertices), faces=len(obj.data.polygons),
-       packed=image.packed_file is not None, size=list(image.size), prompt=obj["prolific_prompt"])
-""", tmp_path)
-    assert facts["names"] == ["a red cube"]
-    assert (facts["vertices"], facts["faces"]) == (4, 4)
+report(names=sorted(o.name for o in bpy.data.objects), vertices=len(obj.data.vertices), faces=len(obj.data.polygons),
+       packed=image.packed_file is not None, size=list(image.size), prompt=obj["prolific_prompt"],
+       filepath=image.filepath, path=bpy.path.abspath(image.filepath))
+"""
+    facts = run_blender(image_facts + FRAMING + "report(framing=framing)\n", tmp_path)
+    # The stored path is relative to the .blend and names the result's texture.
+    assert facts["filepath"] == "//red_cube/object_0/albedo.png" and Path(facts["path"]).samefile(albedo)
+    check_framing(facts["framing"])
+    albedo.unlink()  # the .blend must not need the folder any more
+    facts = run_blender(image_facts, tmp_path)
+    assert facts["names"] == ["Camera", "Sun", "a red cube"]
+    assert (facts["vertices"], facts["faces"]) == (len(sphere.vertices), len(sphere.faces))
     assert facts["packed"] and facts["size"] == [8, 4]
     assert facts["prompt"] == "a red cube"
+
+
+def test_the_blend_command_works_from_any_folder(tmp_path):
+    # pyproject.toml's console script, called as an install would (the package importable, the work folder
+    # elsewhere), with paths relative to that folder; two variations side by side, both in the frame.
+    job = tmp_path / "results" / "red_cube"
+    for k in range(2):
+        ball(job / f"object_{k}", seed=k)
+    (job / "meta.json").write_text(json.dumps({"prompt": "a red cube", "seed": 0, "settings": {}}))
+    (tmp_path / "elsewhere").mkdir()
+    facts = run_blender(f"""
+import importlib, tomllib
+sys.path.append({str(ROOT)!r})
+os.chdir({str(tmp_path / "elsewhere")!r})
+with open({str(ROOT / "pyproject.toml")!r}, "rb") as fh:
+    module, function = tomllib.load(fh)["project"]["scripts"]["prolific-blend"].split(":")
+report(exit=getattr(importlib.import_module(module), function)(["../results/red_cube", "scenes/red_cube.blend"]))
+""", tmp_path)
+    assert facts["exit"] == 0
+    blend = tmp_path / "elsewhere" / "scenes" / "red_cube.blend"
+    facts = run_blender(f"""
+import numpy as np
+bpy.ops.wm.open_mainfile(filepath={str(blend)!r})
+paths = [bpy.path.abspath(i.filepath) for i in bpy.data.images]
+""" + FRAMING + "report(framing=framing, paths=paths)\n", tmp_path)
+    assert sorted(Path(p).resolve() for p in facts["paths"]) == [job / f"object_{k}" / "albedo.png" for k in range(2)]
+    check_framing(facts["framing"])
 
 
 def test_blend_file_names_a_folder_without_objects(tmp_path):

@@ -61,7 +61,8 @@ def test_a_result_folder_mesh_is_scored_through_its_per_corner_uvs(tmp_path, ras
     assert score["albedo_error"] < 0.02 and score["colour_ok"], score
     # A folder of the older format (vertices split at the seams, one UV each) scores the same.
     np.savez(tmp_path / "split.npz", positions=flat.positions, faces=flat.faces, uv=flat.uv)
-    old = quality.score_mesh(raster, quality.Mesh.load(tmp_path / "split.npz", entry["albedo"], "cpu"), "cube", "red", g)
+    split = quality.Mesh.load(tmp_path / "split.npz", entry["albedo"], "cpu")
+    old = quality.score_mesh(raster, split, "cube", "red", g)
     assert old["silhouette_iou"] == score["silhouette_iou"]
     assert old["albedo_error"] == pytest.approx(score["albedo_error"], abs=1e-3)
 
