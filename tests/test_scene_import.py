@@ -176,19 +176,27 @@ report(objects=out)
         np.testing.assert_allclose(np.reshape(obj["uv"], (-1, 3, 2)), data["uv"], atol=1e-6)
 
 
-def test_seams_get_welded_normals_without_a_normals_array(tmp_path):
-    # Two triangles of a flat square whose shared edge is split (a UV seam): both sides must shade the same.
-    positions = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=np.float32)
+def test_a_seam_split_fold_is_welded_and_shades_smoothly_across_it(tmp_path):
+    # Two triangles folded along a shared edge that an older result split (a UV seam), and no normals array.
+    positions = np.array([[0, 0, 0], [1, 0.5, 0.5], [0, 1, 0], [0, 0, 0], [0, 1, 0], [-1, 0.5, 0.5]], np.float32)
     faces = np.array([[0, 1, 2], [3, 4, 5]])
-    entry = write_object(tmp_path / "job" / "object_0", positions, faces, np.zeros((6, 2)))
+    uv = np.random.default_rng(0).random((6, 2))
+    entry = write_object(tmp_path / "job" / "object_0", positions, faces, uv)
     facts = run_blender(LOAD_MODULE + f"""
 import numpy as np
-obj = scene_import.import_result([{entry!r}], "square", 0, {{}})[0]
+obj = scene_import.import_result([{entry!r}], "fold", 0, {{}})[0]
 n = np.empty(len(obj.data.loops) * 3, dtype=np.float32)
 obj.data.corner_normals.foreach_get("vector", n)
-report(normals=n.tolist())
+loop_uv = np.empty(len(obj.data.loops) * 2, dtype=np.float32)
+obj.data.uv_layers["UVMap"].uv.foreach_get("vector", loop_uv)
+report(vertices=len(obj.data.vertices), normals=n.tolist(), uv=loop_uv.tolist())
 """, tmp_path)
-    np.testing.assert_allclose(np.reshape(facts["normals"], (-1, 3)), [[0, 0, 1]] * 6, atol=1e-4)
+    assert facts["vertices"] == 4
+    np.testing.assert_allclose(np.reshape(facts["uv"], (-1, 2)), uv[faces.ravel()], atol=1e-6)
+    # On the fold both sides share the mean normal (+Z); the far corners keep their face's normal.
+    side = np.array([[-0.5, 0, 1], [0.5, 0, 1]]) / np.sqrt(1.25)
+    expected = [[0, 0, 1], side[0], [0, 0, 1], [0, 0, 1], [0, 0, 1], side[1]]
+    np.testing.assert_allclose(np.reshape(facts["normals"], (-1, 3)), expected, atol=1e-4)
 
 
 def test_a_broken_result_names_the_file_and_the_problem(tmp_path):
@@ -243,7 +251,7 @@ view = np.array([world_to_camera_view(scene, scene.camera, o.matrix_world @ v.co
 scene.render.engine = "CYCLES"
 scene.cycles.samples = 4
 scene.render.resolution_x, scene.render.resolution_y = 96, 54
-scene.render.filepath = os.path.join(os.environ["PROLIFIC_TEST_REPORT"] + ".png")
+scene.render.filepath = os.environ["PROLIFIC_TEST_REPORT"] + ".png"
 bpy.ops.render.render(write_still=True)
 framing = dict(camera=scene.camera.type, lights=[o.data.type for o in scene.objects if o.type == "LIGHT"],
                view_min=view.min(0).tolist(), view_max=view.max(0).tolist(), render=scene.render.filepath)
