@@ -21,7 +21,9 @@ class ResultError(Exception):
 
 
 def load_mesh_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """Read and check mesh.npz; returns positions (V,3) f32, faces (F,3) i32, loop_uv (3F,2) f32 or None, normals."""
+    """Read and check mesh.npz, welded: one vertex per distinct position (result folders written before the UVs
+    went per corner split vertices at UV seams). Returns positions (V,3) f32, faces (F,3) i32, loop_uv (3F,2) f32
+    or None, normals (V,3) f32 or None."""
     path = Path(path)
     try:
         with np.load(path) as data:
@@ -37,14 +39,14 @@ def load_mesh_arrays(path: str | Path) -> dict[str, np.ndarray]:
         raise ResultError(f"{path}: positions must be (V,3) and faces (F,3), got {positions.shape} and {faces.shape}.")
     if faces.size and (faces.min() < 0 or faces.max() >= len(positions)):
         raise ResultError(f"{path}: a face refers to a vertex that does not exist.")
-    out = {"positions": positions, "faces": faces, "loop_uv": None, "normals": None}
+    loop_uv = None
     uv = arrays.get("uv")
     if uv is not None:
         uv = np.asarray(uv, dtype=np.float32)
         if uv.shape == (len(positions), 2):
-            out["loop_uv"] = np.ascontiguousarray(uv[faces].reshape(-1, 2))
+            loop_uv = uv[faces]
         elif uv.shape == (len(faces), 3, 2):
-            out["loop_uv"] = np.ascontiguousarray(uv.reshape(-1, 2))
+            loop_uv = uv
         else:
             raise ResultError(f"{path}: uv must be (V,2) or (F,3,2), got {uv.shape}.")
     normals = arrays.get("normals")
@@ -52,12 +54,30 @@ def load_mesh_arrays(path: str | Path) -> dict[str, np.ndarray]:
         normals = np.asarray(normals, dtype=np.float32)
         if normals.shape != positions.shape:
             raise ResultError(f"{path}: normals must be (V,3) like positions, got {normals.shape}.")
-        out["normals"] = np.ascontiguousarray(normals)
-    return out
+    keep, index = weld_positions(positions)
+    faces = index[faces]
+    # A triangle whose corners sat at one position has collapsed to an edge or a point: Blender rejects it.
+    whole = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    return {"positions": positions[keep], "faces": np.ascontiguousarray(faces[whole], dtype=np.int32),
+            "loop_uv": None if loop_uv is None else np.ascontiguousarray(loop_uv[whole].reshape(-1, 2)),
+            "normals": None if normals is None else np.ascontiguousarray(normals[keep])}
+
+
+def weld_positions(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keep [V'], the first vertex at each distinct position in file order; index [V], the welded vertex of each
+    vertex)."""
+    # Rows compared as raw bytes (3x faster than axis=0); adding 0.0 turns -0.0 into 0.0 first.
+    rows = np.ascontiguousarray(positions + np.float32(0.0)).view(np.dtype((np.void, 12))).ravel()
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)].astype(np.int32)
 
 
 def build_mesh(name: str, arrays: dict[str, np.ndarray]) -> bpy.types.Mesh:
-    """A triangle mesh with a "UVMap" layer and smooth shading with the result's (or welded) vertex normals."""
+    """A triangle mesh with a "UVMap" layer (one UV per face corner), smooth shaded; the result's vertex normals
+    become custom normals when it has them."""
     positions, faces = arrays["positions"], arrays["faces"]
     n_faces = len(faces)
     mesh = bpy.data.meshes.new(name)
@@ -71,32 +91,16 @@ def build_mesh(name: str, arrays: dict[str, np.ndarray]) -> bpy.types.Mesh:
         mesh.uv_layers.new(name="UVMap").uv.foreach_set("vector", arrays["loop_uv"].ravel())
     mesh.update(calc_edges=True)
     if n_faces:
-        # Seams split vertices; normals from the welded surface keep the shading continuous across them.
-        normals = arrays["normals"] if arrays["normals"] is not None else welded_normals(positions, faces)
         mesh.shade_smooth()
-        mesh.normals_split_custom_set_from_vertices(normals)
+        if arrays["normals"] is not None:
+            mesh.normals_split_custom_set_from_vertices(arrays["normals"])
     return mesh
-
-
-def welded_normals(positions: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals where vertices at the same position share one normal (UV seams)."""
-    # Rows compared as raw bytes (3x faster than axis=0); adding 0.0 turns -0.0 into 0.0 first.
-    rows = np.ascontiguousarray(positions + np.float32(0.0)).view(np.dtype((np.void, 12))).ravel()
-    _, weld = np.unique(rows, return_inverse=True)
-    weld = weld.reshape(-1)
-    tri = positions[faces]
-    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    acc = np.zeros((weld.max() + 1, 3), dtype=np.float64)
-    for corner in range(3):
-        for axis in range(3):  # bincount is far faster than np.add.at on large arrays
-            acc[:, axis] += np.bincount(weld[faces[:, corner]], weights=face_n[:, axis], minlength=len(acc))
-    acc /= np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)
-    return acc[weld].astype(np.float32)
 
 
 def make_material(name: str, albedo_path: str | Path) -> bpy.types.Material:
     """Principled BSDF whose base colour is the baked albedo, the image packed into the .blend."""
-    image = bpy.data.images.load(str(albedo_path), check_existing=False)
+    # An absolute path, which saving the .blend makes relative to it: a path that exists, also beside the file.
+    image = bpy.data.images.load(str(Path(albedo_path).resolve()), check_existing=False)
     image.name = f"{name} albedo"
     image.pack()
     mat = bpy.data.materials.new(name)

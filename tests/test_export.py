@@ -16,6 +16,7 @@ from prolific.events import Reporter
 from prolific.export.bake import bake_texture
 from prolific.export.formats import write_glb, write_obj
 from prolific.export.result import export_objects, write_object
+from prolific.export.seams import split_at_seams, weld
 from prolific.export.unwrap import unwrap
 from prolific.field.dmtet import DMTet, TetGrid, TriMesh
 from prolific.render.raster import TorchRasterizer
@@ -92,39 +93,62 @@ def test_baked_texture_resampled_through_the_uvs_matches_the_albedo(sphere):
 
 
 def test_write_object_writes_the_result_folder_format(tmp_path, sphere):
-    flat = unwrap(sphere.positions.numpy(), sphere.faces.numpy(), 64)
-    normals = np.tile([[0.0, 0.0, 1.0]], (flat.positions.shape[0], 1))
+    vertex, faces, corner_uv = weld(unwrap(sphere.positions.numpy(), sphere.faces.numpy(), 64))
+    positions = sphere.positions.numpy()[vertex]
+    normals = np.tile([[0.0, 0.0, 1.0]], (len(positions), 1))
     image = np.random.default_rng(0).random((64, 64, 3))
-    entry = write_object(tmp_path / "object_0", flat.positions.astype(np.float64), flat.faces.astype(np.int64),
-                         flat.uv, normals, image, {"prompt": "a red teapot", "seed": 3})
+    entry = write_object(tmp_path / "object_0", positions.astype(np.float64), faces.astype(np.int64),
+                         corner_uv, normals, image, {"prompt": "a red teapot", "seed": 3})
     data = np.load(entry["mesh"])
-    assert data["positions"].dtype == np.float32 and data["positions"].shape == flat.positions.shape
-    assert data["faces"].dtype == np.int32 and data["faces"].shape == flat.faces.shape
-    assert data["uv"].dtype == np.float32 and data["uv"].shape == (flat.positions.shape[0], 2)
+    assert data["positions"].dtype == np.float32 and data["positions"].shape == positions.shape
+    assert data["faces"].dtype == np.int32 and data["faces"].shape == faces.shape
+    assert data["uv"].dtype == np.float32 and data["uv"].shape == (len(faces), 3, 2)
     assert data["normals"].dtype == np.float32
     png = np.asarray(Image.open(entry["albedo"]))
     assert png.shape == (64, 64, 3) and np.abs(png / 255.0 - image).max() <= 0.5 / 255 + 1e-9
     meta = json.loads(open(entry["meta"]).read())
-    assert meta["prompt"] == "a red teapot" and meta["seed"] == 3 and meta["faces"] == flat.faces.shape[0]
+    assert meta["prompt"] == "a red teapot" and meta["seed"] == 3 and meta["faces"] == len(faces)
+    with pytest.raises(ValueError, match=r"per face corner"):
+        write_object(tmp_path / "object_1", positions, faces, corner_uv.reshape(-1, 2), None, image, {})
 
 
-def test_glb_and_obj_load_back_with_the_same_counts_and_y_up(tmp_path, sphere):
+def test_weld_gives_the_uncut_mesh_with_the_unwrapped_uvs_per_corner(sphere):
     flat = unwrap(sphere.positions.numpy(), sphere.faces.numpy(), 64)
+    vertex, faces, corner_uv = weld(flat)
+    # The marching-tets sphere back, vertex for vertex and face for face: no seam splits any vertex.
+    np.testing.assert_array_equal(vertex, np.arange(len(sphere.positions)))
+    np.testing.assert_array_equal(faces, sphere.faces.numpy())
+    assert len(flat.positions) > len(vertex)  # xatlas did cut seams
+    np.testing.assert_array_equal(corner_uv, flat.uv[flat.faces])
+    # Splitting again at the seams recovers xatlas's vertices: one per distinct (vertex, UV) pair.
+    vmapping, split_faces, uv = split_at_seams(faces, corner_uv)
+    assert len(vmapping) == len(flat.positions)
+    np.testing.assert_array_equal(uv[split_faces], corner_uv)
+    np.testing.assert_array_equal(vmapping[split_faces], faces)
+
+
+def test_glb_and_obj_load_back_with_the_same_corners_and_y_up(tmp_path, sphere):
+    flat = unwrap(sphere.positions.numpy(), sphere.faces.numpy(), 64)
+    vertex, faces, corner_uv = weld(flat)
+    positions = sphere.positions.numpy()[vertex]
     image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-    glb = write_glb(tmp_path / "mesh.glb", flat.positions, flat.faces, flat.uv, None, image)
+    glb = write_glb(tmp_path / "mesh.glb", positions, faces, corner_uv, None, image)
     loaded = trimesh.load(glb, force="mesh", process=False)
-    assert loaded.vertices.shape[0] == flat.positions.shape[0] and loaded.faces.shape[0] == flat.faces.shape[0]
+    # glTF has one UV per vertex: the file's vertices are split at the seams, as xatlas cut them.
+    assert loaded.vertices.shape[0] == flat.positions.shape[0] and loaded.faces.shape[0] == len(faces)
     # glTF is +Y up: our +Z (up) becomes +Y, our +Y (back) becomes −Z.
-    p = flat.positions
-    np.testing.assert_allclose(loaded.vertices, np.stack([p[:, 0], p[:, 2], -p[:, 1]], 1), atol=1e-6)
-    np.testing.assert_allclose(loaded.visual.uv, flat.uv, atol=1e-6)
+    p = positions[faces].reshape(-1, 3)
+    np.testing.assert_allclose(loaded.vertices[loaded.faces].reshape(-1, 3), np.stack([p[:, 0], p[:, 2], -p[:, 1]], 1),
+                               atol=1e-6)
+    np.testing.assert_allclose(loaded.visual.uv[loaded.faces], corner_uv, atol=1e-6)
     assert loaded.visual.material.baseColorTexture.size == (64, 64)
-    obj = write_obj(tmp_path / "mesh.obj", flat.positions, flat.faces, flat.uv, None, image)
+    obj = write_obj(tmp_path / "mesh.obj", positions, faces, corner_uv, None, image)
     mtl = (tmp_path / "mesh.mtl").read_text()
     texture = mtl.split("map_Kd")[1].split()[0]
     assert (tmp_path / texture).exists()
     back = trimesh.load(obj, force="mesh", process=False)
-    assert back.faces.shape[0] == flat.faces.shape[0]
+    assert back.faces.shape[0] == len(faces)
+    np.testing.assert_allclose(back.visual.uv[back.faces], corner_uv, atol=1e-6)
 
 
 def test_export_objects_writes_one_folder_per_particle(tmp_path, sphere):
@@ -140,6 +164,11 @@ def test_export_objects_writes_one_folder_per_particle(tmp_path, sphere):
         for name in ("mesh.npz", "albedo.png", "meta.json", "mesh.glb", "mesh.obj"):
             assert (folder / name).exists(), name
         data = np.load(entry["mesh"])
+        # The mesh as the stage left it (welded) with per-corner UVs; normals stay per vertex.
+        mesh = [sphere, shifted][k]
+        np.testing.assert_array_equal(data["positions"], mesh.positions.numpy())
+        np.testing.assert_array_equal(data["faces"], mesh.faces.numpy())
+        assert data["uv"].shape == (len(data["faces"]), 3, 2) and data["normals"].shape == data["positions"].shape
         assert data["faces"].max() < data["positions"].shape[0] == entry["vertices"]
         assert len(entry["turntable"]) == cfg.export.turntable_views
     # The constant albedo of particle 1 is baked everywhere, including the texels outside its charts.

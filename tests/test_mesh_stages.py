@@ -19,7 +19,7 @@ def check_object(entry: dict) -> None:
     positions, faces, uv = data["positions"], data["faces"], data["uv"]
     assert positions.dtype == np.float32 and faces.dtype == np.int32 and uv.dtype == np.float32
     assert len(faces) > 0 and faces.min() >= 0 and faces.max() < len(positions)
-    assert uv.shape == (len(positions), 2) and uv.min() >= 0 and uv.max() <= 1
+    assert uv.shape == (len(faces), 3, 2) and uv.min() >= 0 and uv.max() <= 1  # per face corner
     assert np.abs(positions).max() <= 1.0  # inside the scene cube, +Z up metres
     image = Image.open(entry["albedo"])
     assert image.size == (64, 64) and image.mode == "RGB"

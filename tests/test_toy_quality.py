@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from prolific.export.bake import bake_texture
+from prolific.export.result import write_object
+from prolific.export.seams import weld
+from prolific.export.unwrap import unwrap
 from prolific.field.dmtet import make_tet_grid, marching_tets
 from prolific.render.raster import TorchRasterizer
 from prolific.toy import quality
@@ -35,6 +40,31 @@ def test_the_true_object_scores_near_perfect_even_when_turned(raster):
     wrong = quality.score_mesh(raster, true_mesh("torus", "blue"), "cube", "red", g)
     assert wrong["silhouette_iou"] < good["silhouette_iou"] - 0.2 and wrong["volume_iou"] < 0.5, wrong
     assert wrong["chamfer"] > 2 * good["chamfer"] and not wrong["colour_ok"] and wrong["colour"] == "blue"
+
+
+def test_a_result_folder_mesh_is_scored_through_its_per_corner_uvs(tmp_path, raster):
+    verts, tets = make_tet_grid(24, 0.8)
+    m = marching_tets(verts, sdf("cube", verts), tets)
+    flat = unwrap(m.positions.numpy(), m.faces.numpy(), 128)
+    red = torch.tensor(PALETTE["red"])
+    image, filled = bake_texture(raster, torch.from_numpy(flat.positions), torch.from_numpy(flat.faces).long(),
+                                 torch.from_numpy(flat.uv), lambda p: red.expand(len(p), 3), 128, dilation_px=1)
+    image[~filled] = torch.tensor(PALETTE["green"])  # what UVs pointing outside their charts would read
+    vertex, faces, corner_uv = weld(flat)
+    entry = write_object(tmp_path / "object_0", m.positions.numpy()[vertex], faces, corner_uv, None, image.numpy(), {})
+    mesh = quality.Mesh.load(entry["mesh"], entry["albedo"], "cpu")
+    # Every face corner keeps its position and UV (the renderer needs one UV per vertex: split at the seams).
+    np.testing.assert_array_equal(mesh.uv[mesh.faces].numpy(), corner_uv)
+    np.testing.assert_array_equal(mesh.positions[mesh.faces].numpy(), m.positions.numpy()[vertex][faces])
+    g = torch.Generator().manual_seed(0)
+    score = quality.score_mesh(raster, mesh, "cube", "red", g)
+    assert score["albedo_error"] < 0.02 and score["colour_ok"], score
+    # A folder of the older format (vertices split at the seams, one UV each) scores the same.
+    np.savez(tmp_path / "split.npz", positions=flat.positions, faces=flat.faces, uv=flat.uv)
+    split = quality.Mesh.load(tmp_path / "split.npz", entry["albedo"], "cpu")
+    old = quality.score_mesh(raster, split, "cube", "red", g)
+    assert old["silhouette_iou"] == score["silhouette_iou"]
+    assert old["albedo_error"] == pytest.approx(score["albedo_error"], abs=1e-3)
 
 
 def test_volume_iou_separates_shapes():

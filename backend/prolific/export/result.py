@@ -22,6 +22,7 @@ from ..render.raster import make_rasterizer
 from ..stages.common import save_png
 from .bake import bake_texture
 from .formats import write_glb, write_obj
+from .seams import weld
 from .unwrap import unwrap
 
 TURNTABLE_ELEVATION_DEG, TURNTABLE_DISTANCE, TURNTABLE_FOV_DEG = 15.0, 1.75, 55.0
@@ -33,14 +34,17 @@ def uniform_grey(points: torch.Tensor) -> torch.Tensor:
     return torch.full_like(points, GREY)
 
 
-def write_object(obj_dir: Path, positions: np.ndarray, faces: np.ndarray, uv: np.ndarray,
+def write_object(obj_dir: Path, positions: np.ndarray, faces: np.ndarray, corner_uv: np.ndarray,
                  normals: np.ndarray | None, albedo_image: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
-    """Write mesh.npz (float32 positions (V,3), int32 faces (F,3), float32 uv (V,2), float32 normals (V,3)),
-    albedo.png (albedo_image [H,W,3] in [0,1], row 0 = v 1) and meta.json. Returns the paths and counts."""
+    """Write mesh.npz (float32 positions (V,3), int32 faces (F,3), float32 uv (F,3,2) per face corner, float32
+    normals (V,3)), albedo.png (albedo_image [H,W,3] in [0,1], row 0 = v 1) and meta.json. Returns the paths
+    and counts."""
+    if np.shape(corner_uv) != (len(faces), 3, 2):
+        raise ValueError(f"uv must be per face corner (F,3,2) = ({len(faces)},3,2), got {np.shape(corner_uv)}.")
     obj_dir = Path(obj_dir)
     obj_dir.mkdir(parents=True, exist_ok=True)
     arrays = {"positions": np.asarray(positions, np.float32), "faces": np.asarray(faces, np.int32),
-              "uv": np.asarray(uv, np.float32)}
+              "uv": np.asarray(corner_uv, np.float32)}
     if normals is not None:
         arrays["normals"] = np.asarray(normals, np.float32)
     mesh_path, albedo_path, meta_path = obj_dir / "mesh.npz", obj_dir / "albedo.png", obj_dir / "meta.json"
@@ -63,11 +67,10 @@ def export_objects(ctx, meshes: Sequence[TriMesh], textures: Sequence[Callable[[
         ctx.reporter.check_cancel()
         albedo_fn = albedo_fn or uniform_grey
         started = time.monotonic()
-        positions = mesh.positions.detach()
-        normals = mesh.vertex_normals().detach()
-        flat = unwrap(positions.cpu().numpy(), mesh.faces.cpu().numpy(), cfg.export.texture_size)
+        positions = mesh.positions.detach().cpu().numpy()
         # Normals from the uncut mesh, so UV seams do not show up as shading creases.
-        vnormals = normals.cpu().numpy()[flat.vmapping]
+        normals = mesh.vertex_normals().detach().cpu().numpy()
+        flat = unwrap(positions, mesh.faces.cpu().numpy(), cfg.export.texture_size)
         device = ctx.device
         pos_t = torch.from_numpy(flat.positions).to(device)
         faces_t = torch.from_numpy(flat.faces).long().to(device)
@@ -80,15 +83,18 @@ def export_objects(ctx, meshes: Sequence[TriMesh], textures: Sequence[Callable[[
                 "particle": k, "preset": cfg.preset, "model": cfg.prior.model, "settings": cfg.to_dict(),
                 "backend": __version__, "axes": "+Z up, metres",
                 "timings": {**(timings or {}), "export_object": round(time.monotonic() - started, 3)}}
-        albedo = image.cpu().numpy()
-        entry = write_object(obj_dir, flat.positions, flat.faces, flat.uv, vnormals, albedo, meta)
+        # The files keep the uncut surface (one piece in Blender) with the UVs per face corner.
+        vertex, faces, corner_uv = weld(flat)
+        welded = (positions[vertex], faces, corner_uv, normals[vertex])
+        entry = write_object(obj_dir, *welded, image.cpu().numpy(), meta)
         pil = Image.open(entry["albedo"]).convert("RGB")
         if "glb" in cfg.export.formats:
-            entry["glb"] = str(write_glb(obj_dir / "mesh.glb", flat.positions, flat.faces, flat.uv, vnormals, pil))
+            entry["glb"] = str(write_glb(obj_dir / "mesh.glb", *welded, pil))
         if "obj" in cfg.export.formats:
-            entry["obj"] = str(write_obj(obj_dir / "mesh.obj", flat.positions, flat.faces, flat.uv, vnormals, pil))
+            entry["obj"] = str(write_obj(obj_dir / "mesh.obj", *welded, pil))
+        split_normals = torch.from_numpy(normals[flat.vmapping]).to(device)
         entry["turntable"] = [str(p) for p in write_turntable(ctx, raster, pos_t, faces_t, uv_t, image,
-                                                              torch.from_numpy(vnormals).to(device), obj_dir)]
+                                                              split_normals, obj_dir)]
         objects.append(entry)
     return objects
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..export.seams import split_at_seams
 from ..render.cameras import Cameras, orbit_cameras
 from .render import VIEW_DISTANCE, VIEW_FOV_DEG, render, trace
 from .shapes import PALETTE, SHAPES, nearest_colour, parse_caption, sdf
@@ -46,13 +47,17 @@ class Mesh:
 
     @classmethod
     def load(cls, mesh_path: Path, albedo_path: Path | None, device) -> "Mesh":
-        data = np.load(mesh_path)
-        uv = torch.from_numpy(data["uv"]).float().to(device) if "uv" in data and data["uv"].ndim == 2 else None
+        """A result's mesh.npz (uv per vertex (V,2) or per face corner (F,3,2), the latter split at its seams)."""
+        with np.load(mesh_path) as data:
+            positions, faces, uv = data["positions"], data["faces"], data["uv"] if "uv" in data else None
+        if uv is not None and uv.ndim == 3:
+            vmapping, faces, uv = split_at_seams(faces, uv)
+            positions = positions[vmapping]
         albedo = None
         if albedo_path is not None and Path(albedo_path).is_file():
             albedo = torch.from_numpy(np.asarray(Image.open(albedo_path).convert("RGB"), np.float32) / 255).to(device)
-        return cls(torch.from_numpy(data["positions"]).float().to(device),
-                   torch.from_numpy(data["faces"].astype(np.int64)).to(device), uv, albedo)
+        return cls(torch.from_numpy(positions).float().to(device), torch.from_numpy(faces.astype(np.int64)).to(device),
+                   None if uv is None else torch.from_numpy(uv).float().to(device), albedo)
 
     def turned(self, degrees: float) -> torch.Tensor:
         """Positions turned by `degrees` about +Z."""
