@@ -88,6 +88,9 @@ def test_fresh_run_replaces_an_earlier_run(tmp_path, tiny_sd_model):
     (["--guidance", "magic"], "Unknown guidance 'magic'"),
     (["--stages", "texture,nerf"], "order nerf, geometry, texture"),
     (["--set", "nerf.bogus=1"], "nerf.bogus"),
+    (["--set", "nerf.lr=abc"], "nerf.lr must be a number such as 0.01 (got 'abc')."),
+    (["--set", "nerf.resolutions=[16,abc]"], "nerf.resolutions must be a list of whole numbers"),
+    (["--set", "prior.camera_condition=1"], "prior.camera_condition must be true or false (got 1)."),
     (["--name", "../elsewhere"], "must be a plain folder name"),
     (["--name", "c:teapot"], "must be a plain folder name"),
 ])
