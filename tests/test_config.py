@@ -108,3 +108,11 @@ def test_numbers_become_floats_and_lists_tuples():
     cfg = make_config("x", "test", {"nerf": {"lr": 1, "shading": [1, 0, 0]}})
     assert cfg.nerf.lr == 1.0 and isinstance(cfg.nerf.lr, float)
     assert cfg.nerf.shading == (1.0, 0.0, 0.0) and all(isinstance(v, float) for v in cfg.nerf.shading)
+
+
+def test_a_job_without_a_preset_gets_the_one_that_fits_device_and_model():
+    from prolific.config import default_preset
+
+    assert default_preset("cuda", bundled_prior=False) == "standard"
+    assert default_preset("cpu", bundled_prior=False) == "draft"
+    assert default_preset("cpu", bundled_prior=True) == default_preset("cuda", bundled_prior=True) == "demo"

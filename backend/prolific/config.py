@@ -279,6 +279,14 @@ def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any]
     return JobConfig(**kwargs).validate()
 
 
+def default_preset(device_type: str, bundled_prior: bool) -> str:
+    """The preset of a job that names none: demo for the bundled toy prior (made for it: minutes on a CPU);
+    for a real model standard on a GPU and draft on a CPU (the cheapest preset made for one, still hours)."""
+    if bundled_prior:
+        return "demo"
+    return "draft" if device_type == "cpu" else "standard"
+
+
 def check_job_name(job_name: Any) -> str:
     """`job_name` when it is a plain folder name (no path separators, no drive colon, at most 200 characters)."""
     if (not isinstance(job_name, str) or not job_name.strip() or job_name in (".", "..") or len(job_name) > 200
