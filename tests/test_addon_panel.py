@@ -90,7 +90,7 @@ report(main=draw(panel.PROLIFIC_PT_main), queue=draw(panel.PROLIFIC_PT_queue),
     main = facts["main"]
     labels = [c["kwargs"].get("text", "") for c in calls_named(main, "label")]
     assert "Stage: nerf (3/6)" in labels and "ETA 1:15" in labels
-    assert "The bundled toy prior does not know the word 'teapot'." in labels, "the backend's warning is shown"
+    assert "The bundled toy prior does not know the word 'teapot'." in labels  # the backend's warning event
     (bar,) = calls_named(main, "progress")
     assert bar["kwargs"]["factor"] == 0.5 and bar["kwargs"]["type"] == "BAR"
     assert len(calls_named(main, "template_icon")) == 1  # icon ids stay 0 without a UI, so check the image
