@@ -45,6 +45,7 @@ class Job:
     message: str = ""
     code: str = ""
     objects: list[str] = field(default_factory=list)  # names of the imported objects
+    warnings: list[str] = field(default_factory=list)  # the backend's warning events, e.g. words a prior lacks
     result: dict[str, Any] = field(default_factory=dict)  # the backend's result event
 
     @property
@@ -122,6 +123,8 @@ class JobQueue:
             job.eta_s = event.get("eta_s")
             if event.get("preview"):
                 job.preview = event["preview"]
+        elif kind == "warning":
+            job.warnings.append(event.get("message", ""))
         elif kind == "result":
             job.state = "importing"
         elif kind == "error":

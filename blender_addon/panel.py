@@ -64,6 +64,8 @@ class PROLIFIC_PT_main(ProlificPanel, bpy.types.Panel):
 
 def draw_job(layout, job: jobs.Job) -> None:
     layout.label(text=job.prompt, icon=STATE_ICONS.get(job.state, "INFO"))
+    for warning in job.warnings:
+        layout.label(text=warning, icon="ERROR")
     if job.state == "running":
         layout.label(text=f"Stage: {job.stage} ({job.step}/{job.total})")
         layout.progress(factor=job.fraction, type="BAR", text=f"{job.stage} {int(job.fraction * 100)}%")

@@ -77,6 +77,8 @@ def test_running_job_shows_stage_progress_eta_preview_and_cancel(tmp_path):
     Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(preview)
     facts = run_blender(SETUP + f"""
 running = jobs.QUEUE.add(jobs.Job(id="job-1", prompt="a red teapot", preset="test", seed=0, variations=1))
+jobs.QUEUE.apply({{"event": "warning", "id": "job-1", "code": "unknown_words",
+                  "message": "The bundled toy prior does not know the word 'teapot'."}})
 jobs.QUEUE.apply({{"event": "progress", "id": "job-1", "stage": "nerf", "step": 3, "total": 6, "eta_s": 75.0,
                   "preview": {str(preview)!r}}})
 waiting = jobs.QUEUE.add(jobs.Job(id="job-2", prompt="a blue chair", preset="test", seed=0, variations=1))
@@ -88,6 +90,7 @@ report(main=draw(panel.PROLIFIC_PT_main), queue=draw(panel.PROLIFIC_PT_queue),
     main = facts["main"]
     labels = [c["kwargs"].get("text", "") for c in calls_named(main, "label")]
     assert "Stage: nerf (3/6)" in labels and "ETA 1:15" in labels
+    assert "The bundled toy prior does not know the word 'teapot'." in labels  # the backend's warning event
     (bar,) = calls_named(main, "progress")
     assert bar["kwargs"]["factor"] == 0.5 and bar["kwargs"]["type"] == "BAR"
     assert len(calls_named(main, "template_icon")) == 1  # icon ids stay 0 without a UI, so check the image

@@ -1,7 +1,14 @@
-"""`prolific generate` on the tiny SD model: results, checkpoints, resume, and one-line errors for bad input."""
+"""`prolific generate` on the tiny SD model: results, checkpoints, resume, Ctrl-C, and one-line errors for bad
+input."""
+import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +19,7 @@ from prolific.cli import main
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 JOB = "a_red_teapot_seed0"
+TIMEOUT_S = 600  # per wait: a loaded 2-core CI machine is slow to import torch and load a model
 
 
 def generate(out, *extra, model=None):
@@ -74,12 +82,46 @@ def test_resume_continues_from_the_saved_step(tmp_path, tiny_sd_model):
     assert (job / "previews" / "nerf_000004.png").exists() and (job / "previews" / "nerf_000006.png").exists()
 
 
-def test_fresh_run_replaces_an_earlier_run(tmp_path, tiny_sd_model):
+def files_of(folder):
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def test_a_new_run_into_a_finished_job_changes_nothing_and_says_how_to_go_on(tmp_path, tiny_sd_model, capsys):
     assert generate(tmp_path, model=tiny_sd_model) == 0
-    assert generate(tmp_path, "--steps-nerf", "2", model=tiny_sd_model) == 0
     job = tmp_path / JOB
-    assert checkpoint_step(job) == (2, True)
-    assert [p.name for p in (job / "previews").iterdir()] == ["nerf_000002.png"]
+    before = files_of(job)
+    assert any(p.name == "nerf.pt" for p in before) and any(p.name == "meta.json" for p in before)
+    capsys.readouterr()
+    for model in (tmp_path / "mistyped_model", tiny_sd_model):
+        assert generate(tmp_path, "--steps-nerf", "2", model=model) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"error: {job} already holds a job") and "--resume" in err and "--name" in err
+        assert files_of(job) == before, "no file of the earlier job was removed or rewritten"
+
+
+def test_a_new_run_after_an_attempt_without_checkpoints_replaces_its_previews(tmp_path, tiny_sd_model):
+    stale = tmp_path / JOB / "previews" / "nerf_000004.png"  # left by a run aborted before its first checkpoint
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    assert generate(tmp_path, "--steps-nerf", "2", model=tiny_sd_model) == 0
+    assert [p.name for p in (tmp_path / JOB / "previews").iterdir()] == ["nerf_000002.png"]
+
+
+def test_resume_of_a_job_that_does_not_exist_is_refused(tmp_path, tiny_sd_model, capsys):
+    assert generate(tmp_path, "--resume", "--name", "never_ran", model=tiny_sd_model) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: Nothing to resume: there is no job folder {tmp_path / 'never_ran'}. Check the output "
+                   "folder and the job name, or start a new job without resume.")
+    assert not (tmp_path / "never_ran").exists()
+
+
+def test_resume_of_a_job_without_checkpoints_says_it_starts_from_the_beginning(tmp_path, tiny_sd_model, capsys):
+    (tmp_path / JOB).mkdir()  # e.g. a run cancelled while its model loaded
+    assert generate(tmp_path, "--resume", "--steps-nerf", "2", model=tiny_sd_model) == 0
+    err = capsys.readouterr().err
+    assert f"warning: Nothing to resume in {tmp_path / JOB}: no checkpoint was saved there. Starting the job from " \
+           "the beginning." in err
+    assert checkpoint_step(tmp_path / JOB) == (2, True)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -88,6 +130,9 @@ def test_fresh_run_replaces_an_earlier_run(tmp_path, tiny_sd_model):
     (["--guidance", "magic"], "Unknown guidance 'magic'"),
     (["--stages", "texture,nerf"], "order nerf, geometry, texture"),
     (["--set", "nerf.bogus=1"], "nerf.bogus"),
+    (["--set", "nerf.lr=abc"], "nerf.lr must be a number such as 0.01 (got 'abc')."),
+    (["--set", "nerf.resolutions=[16,abc]"], "nerf.resolutions must be a list of whole numbers"),
+    (["--set", "prior.camera_condition=1"], "prior.camera_condition must be true or false (got 1)."),
     (["--name", "../elsewhere"], "must be a plain folder name"),
     (["--name", "c:teapot"], "must be a plain folder name"),
 ])
@@ -139,3 +184,129 @@ def test_entry_point_rejects_an_empty_prompt(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "error: The prompt is empty: type what to make."
     assert proc.stdout == ""
+
+
+class Cli:
+    """`python -m prolific ARGS` in a subprocess, as a terminal runs it; its stderr is collected as it comes."""
+
+    def __init__(self, args, cwd):
+        env = {**os.environ, "PYTHONPATH": str(BACKEND), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "prolific", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env, cwd=cwd)
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stderr.fileno(), 65536):
+            self.chunks.append(chunk)
+
+    @property
+    def stderr(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", errors="replace")
+
+    def wait_for(self, pattern, accept=lambda match: True):
+        """The first match of `pattern` in stderr that `accept`s, waiting for it as long as the process runs."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self.stderr
+            found = next((m for m in re.finditer(pattern, text) if accept(m)), None)
+            if found:
+                return found
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                break
+            time.sleep(0.05)
+        self.proc.kill()
+        pytest.fail(f"no {pattern!r} on stderr; it ends: {self.stderr[-2000:]}")
+
+    def interrupt(self):
+        self.proc.send_signal(signal.SIGINT)
+
+    def finish(self) -> int:
+        code = self.proc.wait(timeout=TIMEOUT_S)
+        self.reader.join(timeout=TIMEOUT_S)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code
+
+
+def long_nerf_args(out, model, *extra):
+    # Many steps and no periodic checkpoint: a checkpoint in the job folder can only be the one written at cancel.
+    return ["generate", "a red teapot", "-o", str(out), "--model", str(model), "--preset", "test", "--stages",
+            "nerf", "--steps-nerf", "2000", "--set", "nerf.checkpoint_every=100000", *extra]
+
+
+def last_line(text):
+    return text.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+def test_ctrl_c_saves_a_checkpoint_at_the_step_it_stopped_and_resume_continues_from_exactly_there(tmp_path,
+                                                                                                  tiny_sd_model):
+    first = Cli(long_nerf_args(tmp_path, tiny_sd_model), tmp_path)
+    first.wait_for(r"nerf .*?(\d+)/2000", accept=lambda m: int(m.group(1)) >= 2)  # mid-NeRF
+    first.interrupt()
+    assert first.finish() == 130
+    assert "Traceback" not in first.stderr and "Cancelling after the current step" in first.stderr
+    stopped = re.fullmatch(r"error: Cancelled after nerf step (\d+) of 2000\. To continue from its checkpoint, "
+                           r"run: (.+)", last_line(first.stderr))
+    assert stopped, last_line(first.stderr)
+    step = int(stopped.group(1))
+    assert 2 <= step < 2000 and checkpoint_step(tmp_path / JOB) == (step, False)
+
+    command = shlex.split(stopped.group(2))
+    assert command[0] == "prolific" and command[-1] == "--resume"
+    again = Cli(command[1:], tmp_path)
+    again.wait_for(rf"Continuing nerf from its checkpoint at step {step} of 2000\.")
+    again.interrupt()  # stop it again: the test needs no 2000 steps to see where it started
+    assert again.finish() == 130 and "Traceback" not in again.stderr
+    later = re.match(r"error: Cancelled after nerf step (\d+) of 2000\.", last_line(again.stderr))
+    assert later and int(later.group(1)) >= step
+    assert checkpoint_step(tmp_path / JOB) == (int(later.group(1)), False)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe")
+def test_a_second_ctrl_c_aborts_at_once_without_a_traceback(tmp_path, tiny_sd_model):
+    # A step that cannot finish: its checkpoint write goes into a pipe that nobody reads (like a hung network
+    # drive), so the first Ctrl-C's "finish the step" never comes and only the second one can end the run.
+    pipe = tmp_path / JOB / "checkpoints" / "nerf.tmp"
+    pipe.parent.mkdir(parents=True)
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        cli = Cli(long_nerf_args(tmp_path, tiny_sd_model, "--set", "nerf.checkpoint_every=2"), tmp_path)
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline and cli.proc.poll() is None:
+            try:
+                if os.read(reader, 1):  # the step-2 checkpoint is being written: the step is stuck
+                    break
+            except BlockingIOError:
+                pass
+            time.sleep(0.05)
+        cli.interrupt()
+        cli.wait_for(r"Cancelling after the current step")
+        cli.interrupt()
+        assert cli.finish() == 130
+    finally:
+        os.close(reader)
+    assert "Traceback" not in cli.stderr
+    assert last_line(cli.stderr).startswith("error: Aborted. The checkpoints saved so far are kept; to continue "
+                                            "from them, run: prolific generate")
+    assert not (tmp_path / JOB / "checkpoints" / "nerf.pt").exists()
+
+
+def test_without_a_preset_the_bundled_prior_gets_the_demo_preset(tmp_path, capsys):
+    assert main(["generate", "a red cube", "-o", str(tmp_path), "--stages", "nerf", "--steps-nerf", "1", "--name",
+                 "cube"]) == 0
+    err = capsys.readouterr().err
+    assert "No --preset given: using demo, the preset made for the bundled toy prior." in err
+    assert "warning" not in err, "the toy prior knows every word of 'a red cube'"
+    assert json.loads((tmp_path / "cube" / "meta.json").read_text())["preset"] == "demo"
+
+
+def test_the_bundled_prior_names_the_prompt_words_it_does_not_know(tmp_path, capsys):
+    assert main(["generate", "a ceramic teapot", "-o", str(tmp_path), "--preset", "test", "--stages", "nerf",
+                 "--steps-nerf", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: The bundled toy prior does not know the words 'ceramic', 'teapot', so the result will not " \
+           "follow them" in err

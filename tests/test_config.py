@@ -1,7 +1,9 @@
 """Job settings: every preset builds a valid config, and bad values are refused with the setting named."""
+import dataclasses
+
 import pytest
 
-from prolific.config import PRESETS, STAGES, make_config
+from prolific.config import PRESETS, STAGES, JobConfig, make_config
 from prolific.errors import BadRequest
 
 
@@ -48,3 +50,69 @@ def test_bad_settings_are_refused_with_the_setting_named(prompt, preset, overrid
         make_config(prompt, preset, overrides)
     assert err.value.code == "bad_request"
     assert named in err.value.message
+
+
+def default_of(f):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def every_field():
+    """(section or None, field) for every setting, so a field added later is checked too."""
+    out = []
+    for f in dataclasses.fields(JobConfig):
+        if f.name in ("prompt", "preset"):
+            continue
+        section = default_of(f)
+        if dataclasses.is_dataclass(section):
+            out += [(f.name, g) for g in dataclasses.fields(section)]
+        else:
+            out.append((None, f))
+    return out
+
+
+@pytest.mark.parametrize("section, f", every_field(), ids=lambda v: getattr(v, "name", v))
+def test_every_setting_takes_its_own_default_and_refuses_a_value_of_another_type(section, f):
+    default = default_of(f)
+    wrong = 3 if isinstance(default, str) or default is None else "abc"
+    name = f"{section}.{f.name}" if section else f.name
+
+    def build(value):
+        return make_config("x", "standard", {section: {f.name: value}} if section else {f.name: value})
+
+    cfg = build(list(default) if isinstance(default, tuple) else default)  # lists, as JSON gives them
+    assert getattr(getattr(cfg, section) if section else cfg, f.name) == default
+    with pytest.raises(BadRequest) as err:
+        build(wrong)
+    assert err.value.message.startswith(f"{name} must be ") and repr(wrong) in err.value.message
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"nerf": {"lr": "abc"}}, "nerf.lr must be a number such as 0.01 (got 'abc')."),
+    ({"nerf": {"steps": 2.5}}, "nerf.steps must be a whole number such as 5000 (got 2.5)."),
+    ({"nerf": {"lr": float("inf")}}, "nerf.lr must be a number such as 0.01 (got inf)."),
+    ({"prior": {"view_dependent_prompt": "yes"}}, "prior.view_dependent_prompt must be true or false (got 'yes')."),
+    ({"prior": {"model": 7}}, "prior.model must be text or null (got 7)."),
+    ({"nerf": {"camera_distance": [1.0]}},
+     "nerf.camera_distance must be a list of 2 numbers such as [1.0, 1.5] (got [1.0])."),
+    ({"nerf": {"resolutions": [64, "x"]}},
+     "nerf.resolutions must be a list of whole numbers such as [64, 512] (got [64, 'x'])."),
+    ({"seed": "7"}, "seed must be a whole number such as 0 (got '7')."),
+])
+def test_a_value_of_the_wrong_type_is_named_with_the_type_wanted_and_an_example(overrides, message):
+    with pytest.raises(BadRequest) as err:
+        make_config("x", "test", overrides)
+    assert err.value.message == message
+
+
+def test_numbers_become_floats_and_lists_tuples():
+    cfg = make_config("x", "test", {"nerf": {"lr": 1, "shading": [1, 0, 0]}})
+    assert cfg.nerf.lr == 1.0 and isinstance(cfg.nerf.lr, float)
+    assert cfg.nerf.shading == (1.0, 0.0, 0.0) and all(isinstance(v, float) for v in cfg.nerf.shading)
+
+
+def test_a_job_without_a_preset_gets_the_one_that_fits_device_and_model():
+    from prolific.config import default_preset
+
+    assert default_preset("cuda", bundled_prior=False) == "standard"
+    assert default_preset("cpu", bundled_prior=False) == "draft"
+    assert default_preset("cpu", bundled_prior=True) == default_preset("cuda", bundled_prior=True) == "demo"

@@ -9,7 +9,7 @@ from prolific import __version__, pipeline
 from prolific.config import make_config
 from prolific.device import device_description, pick_device, pick_dtype
 from prolific.errors import BadRequest, Cancelled, NoGpu, OutOfMemory
-from prolific.events import Reporter
+from prolific.events import Phase, Reporter
 from prolific.prior.diffusion import load_prior
 
 
@@ -121,21 +121,9 @@ class FakeClock:
         return self.now
 
 
-def test_eta_covers_the_remaining_steps_of_every_stage():
-    clock, events = FakeClock(), []
-    reporter = Reporter(events.append, totals={"nerf": 10, "geometry": 5}, min_interval_s=0, clock=clock)
-    for step in range(5):
-        reporter.step("nerf", step, 10)
-        clock.now += 2.0
-    assert events[0].eta_s is None
-    assert events[-1].eta_s == pytest.approx(2.0 * (10 - 4 + 5))
-    reporter.step("geometry", 0, 5)
-    assert events[-1].stage == "geometry" and events[-1].eta_s == pytest.approx(2.0 * 5)
-
-
 def test_events_are_throttled_but_keep_stage_ends_and_previews():
     clock, events = FakeClock(), []
-    reporter = Reporter(events.append, totals={"nerf": 100}, clock=clock)
+    reporter = Reporter(events.append, phases=[Phase("nerf", 0, 100, 64)], clock=clock)
     for step in range(101):
         reporter.step("nerf", step, 100, preview=f"p{step}.png" if step == 50 else None)
         clock.now += 0.01

@@ -2,12 +2,14 @@
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from prolific import __version__
 
@@ -110,16 +112,20 @@ def test_cancel_stops_running_and_queued_jobs_and_the_server_keeps_serving(backe
     assert backend.until("after", "hello")[-1]["protocol"] == 1
 
 
-def test_a_cancelled_job_resumes_in_its_folder_from_its_checkpoint(backend, tmp_path):
-    backend.send(generate("first", tmp_path, nerf={"steps": 400}))
-    while not any(e["event"] == "progress" and e["step"] >= 4 for e in backend.until("first", "progress")):
+def test_a_cancelled_job_saves_a_checkpoint_and_resumes_in_its_folder_from_exactly_there(backend, tmp_path):
+    backend.send(generate("first", tmp_path, nerf={"steps": 400, "checkpoint_every": 100000}))
+    while not any(e["event"] == "progress" and e["step"] >= 2 for e in backend.until("first", "progress")):
         pass
     backend.send({"op": "cancel", "id": "c3", "job": "first"})
-    stopped = [e for e in backend.until("first", "cancelled", "result", "error") if e["event"] == "progress"]
-    reached = stopped[-1]["step"] if stopped else 4
-    backend.send(generate("again", tmp_path, nerf={"steps": 400}, job="first", resume=True))
+    stopped = backend.until("first", "cancelled", "result", "error")[-1]
+    assert stopped["event"] == "cancelled" and stopped["stage"] == "nerf" and stopped["step"] >= 2
+    assert stopped["message"] == f"Cancelled after nerf step {stopped['step']} of 400."
+    saved = torch.load(tmp_path / "first" / "checkpoints" / "nerf.pt", weights_only=True)
+    assert (saved["step"], saved["done"]) == (stopped["step"], False), "the checkpoint is the one written at cancel"
+    backend.send(generate("again", tmp_path, nerf={"steps": 400, "checkpoint_every": 100000}, job="first",
+                          resume=True))
     events = backend.until("again", "progress", "error")
-    assert events[-1]["event"] == "progress" and events[-1]["stage"] == "nerf" and events[-1]["step"] >= reached
+    assert events[-1]["event"] == "progress" and (events[-1]["stage"], events[-1]["step"]) == ("nerf", saved["step"])
     backend.send({"op": "cancel", "id": "c4", "job": "again"})
     backend.until("again", "cancelled", "result", "error")
     assert not (tmp_path / "again").exists(), "the resumed job writes into the first job's folder"
@@ -128,15 +134,58 @@ def test_a_cancelled_job_resumes_in_its_folder_from_its_checkpoint(backend, tmp_
     assert event["code"] == "bad_request" and "'job'" in event["message"]
 
 
+def test_a_new_job_never_replaces_an_earlier_jobs_checkpoints(backend, tmp_path):
+    backend.send(generate("kept", tmp_path, nerf={"steps": 1}))
+    assert backend.until("kept", "result", "error")[-1]["event"] == "result"
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "kept").rglob("*")}
+    backend.send(generate("over", tmp_path, nerf={"steps": 1}, job="kept"))
+    event = backend.until("over", "error", "result")[-1]
+    assert event["code"] == "bad_request" and "already holds a job" in event["message"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "kept").rglob("*")} == before
+    backend.send(generate("ghost", tmp_path, job="never-ran", resume=True))
+    event = backend.until("ghost", "error", "result")[-1]
+    assert event["code"] == "bad_request" and "Nothing to resume" in event["message"]
+
+
+def test_the_bundled_prior_warns_about_words_it_does_not_know(backend, tmp_path):
+    request = generate("teapot", tmp_path, prompt="a ceramic teapot", model=None, nerf={"steps": 1})
+    del request["preset"]  # the bundled prior then gets the demo preset
+    backend.send(request)
+    events = backend.until("teapot", "result", "error", "cancelled")
+    assert events[-1]["event"] == "result", events[-1]
+    [warning] = [e for e in events if e["event"] == "warning"]
+    assert warning["code"] == "unknown_words" and "'ceramic', 'teapot'" in warning["message"]
+    assert [e["event"] for e in events].index("warning") < [e["event"] for e in events].index("progress")
+    assert json.loads((tmp_path / "teapot" / "meta.json").read_text())["preset"] == "demo"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
+def test_ctrl_c_ends_the_server_after_the_running_job_saved_its_checkpoint(tiny_sd_model, tmp_path):
+    server = Backend("--model", str(tiny_sd_model))
+    try:
+        server.send(generate("long", tmp_path, nerf={"steps": 400, "checkpoint_every": 100000}))
+        while not any(e["event"] == "progress" and e["step"] >= 2 for e in server.until("long", "progress")):
+            pass
+        server.proc.send_signal(signal.SIGINT)
+        stopped = server.until("long", "cancelled", "result", "error")[-1]
+        assert stopped["event"] == "cancelled"
+        assert server.proc.wait(timeout=TIMEOUT_S) == 130
+    finally:
+        server.close()
+    saved = torch.load(tmp_path / "long" / "checkpoints" / "nerf.pt", weights_only=True)
+    assert (saved["step"], saved["done"]) == (stopped["step"], False)
+
+
 def test_bad_requests_get_bad_request_and_the_server_keeps_serving(backend, tmp_path):
     for line in ["{not json", "[1, 2]", json.dumps({"op": "hello"}), json.dumps({"op": "dance", "id": "d"}),
                  json.dumps({"op": "cancel", "id": "c", "job": "nobody"}),
                  json.dumps(generate("bad", tmp_path, preset="ultra")),
-                 json.dumps(generate("bad2", tmp_path, overrides={"nerf": {"steps": -1}}))]:
+                 json.dumps(generate("bad2", tmp_path, overrides={"nerf": {"steps": -1}})),
+                 json.dumps(generate("bad3", tmp_path, nerf={"lr": "fast"}))]:
         backend.send(line)
         event = backend.next()
         assert event["event"] == "error" and event["code"] == "bad_request" and event["message"]
-    assert "ultra" in event["message"] or "nerf.steps" in event["message"]
+    assert event["message"] == "nerf.lr must be a number such as 0.01 (got 'fast')."
     backend.send({"op": "hello", "id": "still"})
     assert backend.next()["event"] == "hello"
 

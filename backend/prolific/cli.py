@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import threading
 import traceback
@@ -16,7 +17,9 @@ from typing import Any
 
 from . import __version__
 from .config import PRESETS
-from .errors import BadRequest, Cancelled, ModelNotFound, NoGpu, ProlificError
+from .errors import BadRequest, Cancelled, JobExists, ModelNotFound, NoGpu, ProlificError
+from .events import JobWarning
+from .interrupt import EXIT_INTERRUPTED, on_ctrl_c
 
 USER_ERRORS = (BadRequest, ModelNotFound, NoGpu)
 
@@ -33,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--out", required=True, type=Path, help="output folder; the job gets a subfolder")
     gen.add_argument("--name", help="job subfolder name (default: from the prompt and seed)")
     gen.add_argument("--model", help="Hugging Face id or local diffusers folder (default: bundled toy prior)")
-    gen.add_argument("--preset", default="standard", help=f"one of {', '.join(PRESETS)} (default: standard)")
+    gen.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: demo for the bundled toy prior; for a "
+                     "model standard on a GPU, draft on a CPU)")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--particles", type=int, help="number of variations (VSD particles)")
     gen.add_argument("--guidance", help="vsd (default) or sds")
@@ -68,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             from .server import serve_stdio
 
             return serve_stdio(args.model, args.device)
-        return generate(args)
+        return generate(args, argv)
     except KeyboardInterrupt:
         print("error: aborted.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except ProlificError as err:
         print(f"error: {err.message}", file=sys.stderr)
-        return 130 if isinstance(err, Cancelled) else 2 if isinstance(err, USER_ERRORS) else 1
+        return EXIT_INTERRUPTED if isinstance(err, Cancelled) else 2 if isinstance(err, USER_ERRORS) else 1
     except Exception as err:  # a bug: show where, then the one-line summary
         traceback.print_exc()
         print(f"error: internal error: {type(err).__name__}: {err}", file=sys.stderr)
@@ -123,7 +127,8 @@ def job_name(prompt: str, seed: int) -> str:
 
 
 class ProgressBar:
-    """tqdm bar on stderr, one per stage; the postfix shows the ETA of the whole job."""
+    """tqdm bar on stderr, one per stage; the postfix shows the ETA of the whole job. Warnings, and a stage that
+    continues from a checkpoint, get a line of their own."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -131,16 +136,23 @@ class ProgressBar:
         self.stage = None
 
     def __call__(self, event) -> None:
-        if not self.enabled:
-            return
         from tqdm import tqdm
 
+        if isinstance(event, JobWarning):
+            tqdm.write(f"warning: {event.message}", file=sys.stderr)
+            return
         if event.stage != self.stage:
             self.close()
             self.stage = event.stage
-            self.bar = tqdm(total=event.total, initial=event.step, desc=event.stage, file=sys.stderr,
-                            unit="step", dynamic_ncols=True,
-                            bar_format="{desc} {bar} {n_fmt}/{total_fmt} {rate_fmt}{postfix}")
+            if 0 < event.step < event.total:
+                print(f"Continuing {event.stage} from its checkpoint at step {event.step} of {event.total}.",
+                      file=sys.stderr, flush=True)
+            if self.enabled:
+                self.bar = tqdm(total=event.total, initial=event.step, desc=event.stage, file=sys.stderr,
+                                unit="step", dynamic_ncols=True,
+                                bar_format="{desc} {bar} {n_fmt}/{total_fmt} {rate_fmt}{postfix}")
+        if self.bar is None:
+            return
         self.bar.n = event.step
         if event.eta_s is not None:
             self.bar.set_postfix_str(f"ETA {format_duration(event.eta_s)}", refresh=False)
@@ -159,11 +171,36 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def generate(args: argparse.Namespace) -> int:
-    from .config import make_config
+def make_job_config(args: argparse.Namespace, overrides: dict[str, Any]):
+    """The job's settings; without --preset, the preset that fits the device and model (config.default_preset),
+    announced on stderr."""
+    from .config import default_preset, make_config
+    from .device import pick_device
+
+    cfg = make_config(args.prompt, "standard" if args.preset is None else args.preset, overrides)
+    if args.preset is not None:
+        return cfg
+    device, bundled = pick_device(cfg.device), cfg.prior.model is None
+    preset = default_preset(device.type, bundled)
+    if bundled:
+        print(f"No --preset given: using {preset}, the preset made for the bundled toy prior.", file=sys.stderr)
+    elif device.type == "cpu":
+        print(f"warning: No --preset given: using {preset}, the cheapest preset for a real model; on a CPU it "
+              "still takes many hours (a GPU takes minutes). Pass --preset to choose.", file=sys.stderr)
+    return make_config(args.prompt, preset, overrides)
+
+
+def resume_command(argv: list[str], preset: str) -> str:
+    """The command that continues this job: the same arguments with the preset spelled out and --resume."""
+    extra = ([] if any(a == "--preset" or a.startswith("--preset=") for a in argv) else ["--preset", preset])
+    extra += [] if "--resume" in argv else ["--resume"]
+    return shlex.join(["prolific", *argv, *extra])
+
+
+def generate(args: argparse.Namespace, argv: list[str]) -> int:
     from .pipeline import run_job
 
-    cfg = make_config(args.prompt, args.preset, parse_overrides(args))
+    cfg = make_job_config(args, parse_overrides(args))
     name = args.name or job_name(cfg.prompt, cfg.seed)
     if cfg.prior.model is None:
         from .prior.bundled import vocabulary_hint
@@ -171,33 +208,47 @@ def generate(args: argparse.Namespace) -> int:
         print(f"Using the bundled toy prior (a tiny demo model). {vocabulary_hint()} For real results pass "
               "--model stabilityai/stable-diffusion-2-1-base (or a local diffusers folder).", file=sys.stderr)
     bar = ProgressBar(not args.quiet)
-    cancel = threading.Event()
+    cancel, finished = threading.Event(), threading.Event()
     outcome: dict[str, Any] = {}
+    again = resume_command(argv, cfg.preset)
 
     def work() -> None:
         try:
             outcome["result"] = run_job(cfg, args.out, name, sink=bar, cancel=cancel, resume=args.resume)
         except BaseException as err:  # handed to the main thread, which reports it
             outcome["error"] = err
+        finally:
+            finished.set()
 
-    # The job runs on a worker thread so that Ctrl-C can cancel it cleanly at a step boundary, after the stage
-    # has saved its checkpoint (a later --resume continues from there).
-    worker = threading.Thread(target=work, name="prolific-job", daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.2)
-    except KeyboardInterrupt:
-        print("\nCancelling after the current step (Ctrl-C again to abort at once)...", file=sys.stderr)
+    def cancelling() -> None:  # the bar is the worker's: print below it, do not close it
         cancel.set()
-        worker.join()
-    finally:
-        bar.close()
+        print("\nCancelling after the current step, then saving a checkpoint (Ctrl-C again to abort at once)...",
+              file=sys.stderr, flush=True)
+
+    def abort() -> None:
+        print(f"\nerror: Aborted. The checkpoints saved so far are kept; to continue from them, run: {again}",
+              file=sys.stderr, flush=True)
+
+    # The job runs on a worker thread so that Ctrl-C can stop it at a step boundary, where the stage saves a
+    # checkpoint. Ctrl-C sets the cancel event instead of raising KeyboardInterrupt: raised inside Thread.join,
+    # that makes Python 3.11 mark the still-running thread as ended (bpo-45274's fix releases the lock the thread
+    # holds), which is how Ctrl-C used to crash the CLI with KeyError 'result' and an abort.
+    worker = threading.Thread(target=work, name="prolific-job", daemon=True)
+    with on_ctrl_c(cancelling, abort):
+        worker.start()
+        while not finished.wait(0.2):  # wake up often: Python runs signal handlers on the main thread only
+            pass
+    bar.close()
     if "error" in outcome:
         err = outcome["error"]
         if isinstance(err, Cancelled):
-            raise Cancelled(f"Cancelled. Run the same command with --resume to continue from the last checkpoint "
-                            f"in {args.out / name}.")
+            saved = any((args.out / name / "checkpoints").glob("*.pt"))
+            tail = f" To continue from its checkpoint, run: {again}" if saved else " Nothing was saved yet."
+            raise Cancelled(err.message + tail, err.stage, err.step, err.total)
+        if isinstance(err, JobExists):
+            raise BadRequest(f"{err.job_dir} already holds a job (checkpoints of {', '.join(err.stages)}); nothing "
+                             "was changed. Add --resume to continue it, or --name NAME to start another job beside "
+                             "it.") from None
         raise err
     result = outcome["result"]
     print(f"Result: {result['job_dir']}")

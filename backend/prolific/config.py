@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,16 +185,82 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_section(cls, values: dict[str, Any], section: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    return cls(**_typed_values(cls, values, section))
+
+
+def _typed_values(cls, values: dict[str, Any], section: str = "", exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`values` converted to the annotated types of `cls`'s fields, or BadRequest naming the setting
+    (`section.key`), the type wanted and an example, so the CLI's --set and the server check alike."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}
+    out = {}
     for key, value in values.items():
-        if key not in names:
-            raise BadRequest(f"Unknown setting '{section}.{key}'. Known: {', '.join(sorted(names))}.")
-        default = getattr(cls(), key)
-        if isinstance(default, tuple) and isinstance(value, (list, tuple)):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+        name = f"{section}.{key}" if section else key
+        if key not in fields:
+            raise BadRequest(f"Unknown setting '{name}'. Known: {', '.join(sorted(fields))}.")
+        ok, out[key] = _convert(value, hints[key])
+        if not ok:
+            default = _default(fields[key])
+            plain = default is None or isinstance(default, bool) or default == ()  # an example would not help
+            example = "" if plain else f" such as {json.dumps(default)}"
+            raise BadRequest(f"{name} must be {_describe(hints[key])}{example} (got {value!r}).")
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return None if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(True, value as the type `hint`) when it is one (an int is a float, a list a tuple), else (False, value).
+    Knows the annotations config fields use; another is a programming error (test_config checks every field)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if hint is str:
+        return isinstance(value, str), value
+    if hint is type(None):
+        return value is None, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _convert(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(value):
+            return False, value
+        converted = [_convert(v, a) for v, a in zip(value, items)]
+        return all(ok for ok, _ in converted), tuple(v for _, v in converted)
+    raise TypeError(f"config.py cannot check values of type {hint}")
+
+
+_NAMES = {bool: ("true or false", "true/false values"), int: ("a whole number", "whole numbers"),
+          float: ("a number", "numbers"), str: ("text", "texts"), type(None): ("null", "nulls")}
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """How a value of type `hint` is named in an error message: "a number", "a list of 2 numbers", ..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _NAMES:
+        return _NAMES[hint][plural]
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {_describe(args[0], True)}"
+    if len(set(args)) == 1:
+        return f"a list of {len(args)} {_describe(args[0], True)}"
+    return "a list of " + ", ".join(_describe(a) for a in args)
 
 
 def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any] | None = None) -> JobConfig:
@@ -198,18 +268,23 @@ def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any]
     if preset not in PRESETS:
         raise BadRequest(f"Unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
     values = _merge(PRESETS[preset], overrides or {})
-    top = {f.name for f in dataclasses.fields(JobConfig)} - {"prompt", "preset"}
-    kwargs: dict[str, Any] = {"prompt": prompt, "preset": preset}
-    for key, value in values.items():
-        if key in _SECTIONS:
-            if not isinstance(value, dict):
+    top = {k: v for k, v in values.items() if k not in _SECTIONS}
+    kwargs: dict[str, Any] = {"prompt": prompt, "preset": preset,
+                              **_typed_values(JobConfig, top, exclude=("prompt", "preset"))}
+    for key, cls in _SECTIONS.items():
+        if key in values:
+            if not isinstance(values[key], dict):
                 raise BadRequest(f"Setting '{key}' must be a mapping of its fields.")
-            kwargs[key] = _build_section(_SECTIONS[key], value, key)
-        elif key in top:
-            kwargs[key] = tuple(value) if key == "stages" and isinstance(value, (list, tuple)) else value
-        else:
-            raise BadRequest(f"Unknown setting '{key}'.")
+            kwargs[key] = _build_section(cls, values[key], key)
     return JobConfig(**kwargs).validate()
+
+
+def default_preset(device_type: str, bundled_prior: bool) -> str:
+    """The preset of a job that names none: demo for the bundled toy prior (made for it: minutes on a CPU);
+    for a real model standard on a GPU and draft on a CPU (the cheapest preset made for one, still hours)."""
+    if bundled_prior:
+        return "demo"
+    return "draft" if device_type == "cpu" else "standard"
 
 
 def check_job_name(job_name: Any) -> str:

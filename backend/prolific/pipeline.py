@@ -10,15 +10,15 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import __version__
 from .config import STAGES, JobConfig, check_job_name
 from .device import device_description, pick_device, pick_dtype
-from .errors import BadRequest, OutOfMemory
-from .events import Progress, Reporter
+from .errors import BadRequest, JobExists, OutOfMemory
+from .events import Phase, Reporter, Sink
 from .stages.common import StageContext, checkpoint_done
 
 MESH_STAGES = ("geometry", "texture")
@@ -26,7 +26,7 @@ OUT_OF_MEMORY_ADVICE = ("The GPU ran out of memory. Try a smaller preset (draft)
                         "rendering resolutions (nerf.resolutions, geometry.resolution, texture.resolution).")
 
 
-def run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink: Callable[[Progress], None] | None = None,
+def run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink: Sink | None = None,
             cancel: threading.Event | None = None, resume: bool = False, prior: Any = None) -> dict:
     """Run `cfg` into `<out_dir>/<job_name>`; `prior` is a loaded DiffusionPrior to reuse (else it is loaded).
 
@@ -47,24 +47,27 @@ def load_job_prior(cfg: JobConfig, device: torch.device):
 
 def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threading.Event, resume: bool,
              prior) -> dict:
-    job_dir = prepare_job_dir(out_dir, job_name)
-    if not resume:
-        clear_stale_state(job_dir, cfg.stages)
+    job_dir = out_dir / check_job_name(job_name)
+    mesh_job = any(s in MESH_STAGES for s in cfg.stages)
+    reporter = Reporter(sink, cancel, plan_phases(cfg, mesh_job))
+    continuing = check_job_dir(job_dir, cfg.stages, resume)
+    if resume and not continuing:
+        reporter.warn("nothing_to_resume", f"Nothing to resume in {job_dir}: no checkpoint was saved there. "
+                      "Starting the job from the beginning.")
+    prepare_job_dir(job_dir)
     device = pick_device(cfg.device)
     timings: dict[str, float] = previous_timings(job_dir) if resume else {}
     started = time.monotonic()
     if prior is None:
         prior = load_job_prior(cfg, device)
         timings["load_prior"] = round(time.monotonic() - started, 3)
+    warn_unknown_words(prior, cfg.prompt, reporter)
     prompt_emb = prior.embed_prompt(cfg.prompt, cfg.prior.negative_prompt, cfg.prior.view_dependent_prompt)
+    if not continuing:  # only now that the model has loaded: a run that fails earlier changes nothing
+        clear_stale_previews(job_dir, cfg.stages)
 
     torch.manual_seed(cfg.seed)  # module initialisation draws from the global generator
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    mesh_job = any(s in MESH_STAGES for s in cfg.stages)
-    totals = {s: getattr(cfg, s).steps for s in cfg.stages}
-    if mesh_job:
-        totals["export"] = 1
-    reporter = Reporter(sink, cancel, totals)
     ctx = StageContext(cfg, device, prior, prompt_emb, job_dir, reporter, cancel, generator, resume)
 
     outputs, previous = None, None
@@ -105,13 +108,53 @@ def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threadi
             "objects": objects}
 
 
+def plan_phases(cfg: JobConfig, mesh_job: bool) -> list[Phase]:
+    """What the job will run, in order, split where the cost of a step changes: stage 1 at each rendering
+    resolution (a resolution never reached, or a stage of 0 steps, is an empty phase), each mesh stage, the
+    export (one step)."""
+    phases = []
+    for stage in cfg.stages:
+        scfg = getattr(cfg, stage)
+        if stage == "nerf":
+            bounds = [0, *(min(m, scfg.steps) for m in scfg.resolution_milestones), scfg.steps]
+            phases += [Phase(stage, a, b, r) for a, b, r in zip(bounds, bounds[1:], scfg.resolutions)]
+        else:
+            phases.append(Phase(stage, 0, scfg.steps, scfg.resolution))
+    if mesh_job:
+        phases.append(Phase("export", 0, 1, phases[-1].resolution))
+    return phases
+
+
 def stage_module(stage: str):
     return importlib.import_module(f"prolific.stages.{stage}")
 
 
-def prepare_job_dir(out_dir: Path, job_name: str) -> Path:
+def warn_unknown_words(prior, prompt: str, reporter: Reporter) -> None:
+    """The bundled toy prior knows a handful of words (prior/bundled.py): say which of the prompt's it does not."""
+    from .prior.bundled import BUNDLED_MODEL_DIR, unknown_words_warning
+
+    warning = unknown_words_warning(prompt) if Path(prior.source) == BUNDLED_MODEL_DIR else None
+    if warning:
+        reporter.warn("unknown_words", warning)
+
+
+def check_job_dir(job_dir: Path, stages: tuple[str, ...], resume: bool) -> bool:
+    """Whether the job continues saved checkpoints in `job_dir`. A new job never replaces another's checkpoints
+    (JobExists), and resuming a folder that does not exist is a mistyped name or output folder (BadRequest)."""
+    saved = [s for s in STAGES if (job_dir / "checkpoints" / f"{s}.pt").exists()]
+    if resume:
+        if not job_dir.is_dir():
+            raise BadRequest(f"Nothing to resume: there is no job folder {job_dir}. Check the output folder and the "
+                             "job name, or start a new job without resume.")
+        return bool(saved)
+    replaced = [s for s in saved if STAGES.index(s) >= STAGES.index(stages[0])]
+    if replaced:
+        raise JobExists(job_dir, replaced)
+    return False
+
+
+def prepare_job_dir(job_dir: Path) -> None:
     """Create the job folder, failing with the folder named when it cannot be written."""
-    job_dir = out_dir / check_job_name(job_name)
     try:
         job_dir.mkdir(parents=True, exist_ok=True)
         probe = job_dir / ".write_test"
@@ -119,15 +162,12 @@ def prepare_job_dir(out_dir: Path, job_name: str) -> Path:
         probe.unlink()
     except OSError as err:
         raise BadRequest(f"Cannot write to the output folder {job_dir}: {err.strerror or err}.") from None
-    return job_dir
 
 
-def clear_stale_state(job_dir: Path, stages: tuple[str, ...]) -> None:
-    """A fresh run replaces the checkpoints and previews of the stages it runs and of every stage after them,
-    so that a later --resume never mixes them with results of an earlier run."""
-    first = STAGES.index(stages[0])
-    for stage in STAGES[first:]:
-        (job_dir / "checkpoints" / f"{stage}.pt").unlink(missing_ok=True)
+def clear_stale_previews(job_dir: Path, stages: tuple[str, ...]) -> None:
+    """A job starting afresh drops the previews an earlier unsaved attempt left for its stages and later ones,
+    so that the previews folder shows one run."""
+    for stage in STAGES[STAGES.index(stages[0]):]:
         for preview in (job_dir / "previews").glob(f"{stage}_*.png"):
             preview.unlink()
 

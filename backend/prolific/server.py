@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from . import __version__
-from .config import JobConfig, check_job_name, make_config
+from .config import JobConfig, check_job_name, default_preset, make_config
 from .device import device_description, pick_device, pick_dtype
 from .errors import BadRequest, Cancelled, ProlificError
+from .events import JobWarning
+from .interrupt import EXIT_INTERRUPTED, on_ctrl_c
 
 PROTOCOL = 1
 SECTIONS = ("prior", "nerf", "geometry", "texture", "export")
@@ -139,8 +141,12 @@ class Server:
             name = check_job_name(request.get("job", str(request["id"])))
         except BadRequest as err:
             raise BadRequest(f"'job': {err.message}") from None
+        preset = request.get("preset")
         try:
-            cfg = make_config(request.get("prompt", ""), request.get("preset", "standard"), overrides)
+            cfg = make_config(request.get("prompt", ""), "standard" if preset is None else preset, overrides)
+            if preset is None:  # the preset that fits the device and the model, as on the command line
+                cfg = make_config(cfg.prompt, default_preset(pick_device(cfg.device).type, cfg.prior.model is None),
+                                  overrides)
         except (TypeError, ValueError) as err:
             raise BadRequest(f"Invalid settings: {err}.") from None
         return Job(request["id"], cfg, Path(out_dir), resume, name)
@@ -207,15 +213,17 @@ class Server:
         log(f"job {job.id}: '{job.cfg.prompt}' preset {job.cfg.preset}, stages {','.join(job.cfg.stages)}")
 
         def progress(event) -> None:
-            self.write({"event": "progress", "id": job.id, **event.to_dict()})
+            kind = "warning" if isinstance(event, JobWarning) else "progress"
+            self.write({"event": kind, "id": job.id, **event.to_dict()})
 
         try:
             prior = self.load_prior(job.cfg)
             result = run_job(job.cfg, job.out_dir, job.name, sink=progress, cancel=job.cancel, resume=job.resume,
                              prior=prior)
-        except Cancelled:
-            log(f"job {job.id}: cancelled")
-            self.write({"event": "cancelled", "id": job.id})
+        except Cancelled as err:
+            log(f"job {job.id}: {err.message}")
+            where = {"stage": err.stage, "step": err.step} if err.stage is not None else {}
+            self.write({"event": "cancelled", "id": job.id, "message": err.message, **where})
         except ProlificError as err:
             log(f"job {job.id}: {err.code}: {err.message}")
             self.write({"event": "error", "id": job.id, "code": err.code, "message": err.message})
@@ -264,4 +272,17 @@ def serve_stdio(model: str | None = None, device: str = "auto") -> int:
 
     stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
     log(f"serving protocol {PROTOCOL} (backend {__version__}) on {device_description(pick_device(device))}")
-    return Server(write, model, device).serve(stdin)
+    server = Server(write, model, device)
+
+    def interrupted() -> None:  # leaves the blocking read of stdin
+        raise KeyboardInterrupt
+
+    # Ctrl-C in the terminal (it reaches Blender's backend child too) ends the server like shutdown: the running
+    # job stops at a step boundary and saves its checkpoint; a second Ctrl-C ends it at once.
+    with on_ctrl_c(interrupted, lambda: log("aborted")):
+        try:
+            return server.serve(stdin)
+        except KeyboardInterrupt:
+            log("interrupted: cancelling the running job after its current step (Ctrl-C again to abort at once)")
+            server.stop()
+            return EXIT_INTERRUPTED

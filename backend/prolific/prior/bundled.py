@@ -5,6 +5,7 @@ simple objects, so it only knows the toy vocabulary ("a red cube", "a blue torus
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "toy"
@@ -24,3 +25,24 @@ def vocabulary_hint() -> str:
 
     return (f"The bundled toy prior draws one object in one colour: shapes {', '.join(SHAPES)}; "
             f"colours {', '.join(PALETTE)} (e.g. \"a red cube\").")
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` that no caption the bundled model was trained on has, each once, in order."""
+    from ..toy.shapes import vocabulary
+    from .tokenizer import VIEW_WORDS
+
+    known = set(vocabulary()) | set(VIEW_WORDS)
+    words = re.findall(r"[^\W_]+", prompt.lower())
+    return [w for i, w in enumerate(words) if w not in known and w not in words[:i]]
+
+
+def unknown_words_warning(prompt: str) -> str | None:
+    """A sentence naming the prompt's words the bundled model does not know, or None when it knows them all."""
+    words = unknown_words(prompt)
+    if not words:
+        return None
+    named = ", ".join(f"'{w}'" for w in words)
+    return (f"The bundled toy prior does not know the word{'s' if len(words) > 1 else ''} {named}, so the result "
+            f"will not follow {'them' if len(words) > 1 else 'it'} (it knows simple one-colour shapes such as "
+            "\"a red cube\"); for other prompts use a real model such as stabilityai/stable-diffusion-2-1-base.")
