@@ -158,7 +158,8 @@ def sample_prior(prior, prompt: str, direction: str, n: int, guidance: float, st
     """n images [n,3,H,W] in [0,1] for `prompt` + the view suffix of `direction` (DDIM, CFG, batched)."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config(prior.scheduler.config)
+    # predict_noise returns ε whatever the model predicts (v for the toy prior), so DDIM must step on ε.
+    sched = DDIMScheduler.from_config(prior.scheduler.config, prediction_type="epsilon")
     sched.set_timesteps(steps)
     cond, uncond = prior.embed_prompt(prompt).get([direction] * n)
     size = prior.image_size if prior.pixel_space else int(prior.unet.config.sample_size)
