@@ -85,3 +85,38 @@ def test_check_scoring_passes_true_renders_and_fails_wrong_colours_blanks_and_fi
     [full] = check.score_images(torch.tensor(PALETTE["red"]).view(1, 3, 1, 1).expand(1, 3, 48, 48), "cube", "red",
                                 templates)
     assert not full["ok"] and full["colour"] == "red"  # a frame filled with red is not a red cube
+
+
+class _ExactDenoiser:
+    """A pixel-space 'prior' whose every image is one grey level: ε is exact for x0 = GREY at every t."""
+
+    GREY = 0.5
+
+    def __init__(self, prediction_type):
+        from types import SimpleNamespace
+
+        from prolific.toy.model import make_scheduler
+
+        self.scheduler = make_scheduler(prediction_type)
+        self.alphas = self.scheduler.alphas_cumprod
+        self.device, self.pixel_space, self.image_size = torch.device("cpu"), True, 8
+        self.unet = SimpleNamespace(config=SimpleNamespace(sample_size=8, in_channels=3))
+
+    def embed_prompt(self, prompt):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(get=lambda dirs: (torch.zeros(len(dirs), 1), torch.zeros(len(dirs), 1)))
+
+    def predict_noise(self, x, t, cond, uncond, guidance):
+        ab = self.alphas[t].view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * (2 * self.GREY - 1)) / (1 - ab).sqrt()
+
+    def decode(self, x):
+        return (x + 1) / 2
+
+
+def test_the_check_samples_what_an_exact_prior_knows_whatever_its_prediction_type():
+    for prediction_type in ("epsilon", "v_prediction"):  # predict_noise always answers ε
+        images = check.sample_prior(_ExactDenoiser(prediction_type), "a red cube", "front", 2, 5.0, 20,
+                                    torch.Generator().manual_seed(0))
+        assert torch.allclose(images, torch.full_like(images, _ExactDenoiser.GREY), atol=2e-2), prediction_type
