@@ -90,7 +90,7 @@ def test_check_scoring_passes_true_renders_and_fails_wrong_colours_blanks_and_fi
 class _ExactDenoiser:
     """A pixel-space 'prior' whose every image is one grey level: ε is exact for x0 = GREY at every t."""
 
-    GREY = 0.5
+    GREY = 0.8  # not mid-grey: a sampler that shrinks toward 0 would land there by chance
 
     def __init__(self, prediction_type):
         from types import SimpleNamespace
