@@ -88,9 +88,10 @@ def test_check_scoring_passes_true_renders_and_fails_wrong_colours_blanks_and_fi
 
 
 class _ExactDenoiser:
-    """A pixel-space 'prior' whose every image is one grey level: ε is exact for x0 = GREY at every t."""
+    """A pixel-space 'prior' of images whose pixels are independent N(MEAN, STD²) in model space: its ε is the
+    exact posterior mean at every t, so a right sampler draws images with that mean and about that spread."""
 
-    GREY = 0.8  # not mid-grey: a sampler that shrinks toward 0 would land there by chance
+    MEAN, STD = 0.6, 0.2
 
     def __init__(self, prediction_type):
         from types import SimpleNamespace
@@ -99,8 +100,8 @@ class _ExactDenoiser:
 
         self.scheduler = make_scheduler(prediction_type)
         self.alphas = self.scheduler.alphas_cumprod
-        self.device, self.pixel_space, self.image_size = torch.device("cpu"), True, 8
-        self.unet = SimpleNamespace(config=SimpleNamespace(sample_size=8, in_channels=3))
+        self.device, self.pixel_space, self.image_size = torch.device("cpu"), True, 16
+        self.unet = SimpleNamespace(config=SimpleNamespace(sample_size=16, in_channels=3))
 
     def embed_prompt(self, prompt):
         from types import SimpleNamespace
@@ -109,14 +110,17 @@ class _ExactDenoiser:
 
     def predict_noise(self, x, t, cond, uncond, guidance):
         ab = self.alphas[t].view(-1, 1, 1, 1)
-        return (x - ab.sqrt() * (2 * self.GREY - 1)) / (1 - ab).sqrt()
+        a, b, var = ab.sqrt(), (1 - ab).sqrt(), self.STD ** 2
+        x0 = self.MEAN + a * var / (a * a * var + b * b) * (x - a * self.MEAN)
+        return (x - a * x0) / b
 
     def decode(self, x):
-        return (x + 1) / 2
+        return x
 
 
 def test_the_check_samples_what_an_exact_prior_knows_whatever_its_prediction_type():
     for prediction_type in ("epsilon", "v_prediction"):  # predict_noise always answers ε
-        images = check.sample_prior(_ExactDenoiser(prediction_type), "a red cube", "front", 2, 5.0, 20,
+        images = check.sample_prior(_ExactDenoiser(prediction_type), "a red cube", "front", 4, 5.0, 50,
                                     torch.Generator().manual_seed(0))
-        assert torch.allclose(images, torch.full_like(images, _ExactDenoiser.GREY), atol=2e-2), prediction_type
+        assert abs(images.mean().item() - _ExactDenoiser.MEAN) < 0.02, prediction_type
+        assert 0.5 * _ExactDenoiser.STD < images.std().item() < 1.5 * _ExactDenoiser.STD, prediction_type
