@@ -45,8 +45,8 @@ class PriorConfig:
     front_half_width_deg: float = 30.0
     back_half_width_deg: float = 30.0
     overhead_elevation_deg: float = 60.0
-    # auto = fp16 on a GPU (threestudio's half_precision_weights; bf16 rounds 8x coarser, which the geometry
-    # stage's CFG scale of 100 amplifies), fp32 on the CPU
+    # auto = fp16 on a GPU (threestudio's half_precision_weights; the official fp32 costs twice the memory, and
+    # bf16 rounds 8x coarser, which the geometry stage's CFG scale of 100 amplifies), fp32 on the CPU
     dtype: str = "auto"
     speed: str = "auto"  # speed switches as `prolific bench --opt` names them; auto = prior.speed.job_options
 
@@ -73,8 +73,8 @@ class NerfConfig:
     # Probability of albedo / lambertian / textureless renders: unlit albedo only, as threestudio
     # (material "no-material") and the official code (--albedo, the default); ε_φ gets no shading label.
     shading: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    # Probability that a step's renders get a random solid background instead of the learned one (threestudio
-    # random_aug_prob 0.5 from the first step; the official code the same after step 2000).
+    # Probability that a step's renders get a random solid background instead of the learned one: threestudio's
+    # random_aug_prob 0.5, from the first step (the official code waits for step 2000).
     random_background: float = 0.5
     # Regularisers of the renders' opacity: threestudio prolificdreamer.yaml lambda_sparsity 10 (mean of
     # sqrt(opacity² + 0.01)) and lambda_opaque [10000, 0, 1000, 10001]: a BCE of opacity with itself, off
@@ -133,7 +133,8 @@ class TextureConfig:
     lr: float = 1e-2
     mlp_lr: float = 1e-3
     background_lr: float = 1e-3
-    # Stage 1's background goes on training (the official code; threestudio trains a fresh one)
+    # Stage 1's background goes on training (the official code; threestudio trains a fresh one, which would have
+    # to relearn what already matches the object)
     train_background: bool = True
     guidance: str = "vsd"
     anneal_fraction: float = 1 / 6  # threestudio: t_max 0.98 for the first 5000 of 30000 steps, then 0.5
