@@ -55,19 +55,33 @@ def test_azimuth_zero_is_blender_front_and_turns_counter_clockwise():
 
 
 @pytest.mark.parametrize("elevation,azimuth,expected", [
-    (0, 0, "front"), (10, 44, "front"), (10, -44, "front"), (0, 46, "side"), (0, -90, "side"),
-    (0, 134, "side"), (0, 136, "back"), (0, -179, "back"), (0, 180, "back"), (61, 0, "overhead"),
+    (0, 0, "front"), (10, 29, "front"), (10, -29, "front"), (0, 31, "side"), (0, -90, "side"),
+    (0, 149, "side"), (0, 151, "back"), (0, -179, "back"), (0, 180, "back"), (61, 0, "overhead"),
     (89, 170, "overhead"), (59, 0, "front"), (-10, 100, "side"), (0, 360, "front"),
 ])
 def test_view_direction_table(elevation, azimuth, expected):
-    assert view_direction(elevation, azimuth) == expected
+    """The default sectors: front/back within ±30° (both references), overhead above 60° elevation."""
+    p = make_config("x").prior
+    assert view_direction(elevation, azimuth, p.front_half_width_deg, p.back_half_width_deg,
+                          p.overhead_elevation_deg) == expected
+
+
+def test_the_demo_asks_the_toy_prior_with_the_sectors_it_was_trained_on():
+    from prolific.toy.dataset import CAPTION_SECTORS_DEG
+
+    p = make_config("x", "demo").prior
+    assert (p.front_half_width_deg, p.back_half_width_deg, p.overhead_elevation_deg) == CAPTION_SECTORS_DEG
+    assert view_direction(0, 40, *CAPTION_SECTORS_DEG) == "front"
+    assert view_direction(0, 140, *CAPTION_SECTORS_DEG) == "back"
 
 
 def test_directions_per_camera_and_orbit_starts_at_front():
     cams = orbit_cameras(8, elevation_deg=15.0, distance=2.0, fov_deg=40.0)
-    assert cams.directions() == ["front", "side", "side", "side", "back", "side", "side", "side"]
+    prior = make_config("x").prior
+    assert cams.prompt_directions(prior) == ["front", "side", "side", "side", "back", "side", "side", "side"]
+    assert cams.directions(50.0, 50.0, 60.0) == ["front", "front", "side", "back", "back", "back", "side", "front"]
     assert torch.allclose(cams.azimuth, torch.tensor([0.0, 45, 90, 135, -180, -135, -90, -45]))
-    assert cams.directions()[0] == "front" and _cams([70.0], [0.0]).directions() == ["overhead"]
+    assert _cams([70.0], [0.0]).prompt_directions(prior) == ["overhead"]
 
 
 def test_centre_rays_hit_origin_and_corner_rays_span_the_fov():

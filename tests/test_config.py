@@ -44,6 +44,15 @@ def test_overrides_reach_the_nested_settings():
     ("x", "test", {"device": "tpu"}, "device"),
     ("x", "test", {"export": {"formats": ["fbx"]}}, "formats"),
     ("x", "test", {"nerf": {"resolutions": [64], "resolution_milestones": [10]}}, "resolutions"),
+    ("x", "test", {"prior": {"camera_dropout": 1.5}}, "camera_dropout"),
+    ("x", "test", {"prior": {"lora_t_min": 0.5, "lora_t_max": 0.2}}, "lora_t_min"),
+    ("x", "test", {"prior": {"front_half_width_deg": 120, "back_half_width_deg": 90}}, "front_half_width_deg"),
+    ("x", "test", {"nerf": {"sparsity_weight": -1}}, "sparsity_weight"),
+    ("x", "test", {"nerf": {"random_background": 2}}, "random_background"),
+    ("x", "test", {"geometry": {"sdf_init": "exact"}}, "sdf_init"),
+    ("x", "test", {"geometry": {"normal_consistency_on": "edge"}}, "normal_consistency_on"),
+    ("x", "test", {"geometry": {"betas": [0.9, 1.0]}}, "betas"),
+    ("x", "test", {"texture": {"anneal_fraction": -0.1}}, "texture.anneal_fraction"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(prompt, preset, overrides, named):
     with pytest.raises(BadRequest) as err:

@@ -73,7 +73,8 @@ def test_sds_with_an_exact_prior_reconstructs_the_object():
     torch.manual_seed(0)
     cfg = make_config("a box", "test")
     prior, box = DeltaPrior(), ColouredBox()
-    emb = PromptEmbeddings("a box", "", {d: torch.zeros(1, 2, 4) for d in VIEW_SUFFIXES}, torch.zeros(1, 2, 4))
+    emb = PromptEmbeddings("a box", "", {d: torch.zeros(1, 2, 4) for d in VIEW_SUFFIXES}, torch.zeros(1, 2, 4),
+                           torch.zeros(1, 2, 4))
     distill = ScoreDistillation(prior, cfg.prior, "sds")
     nerf = NeRF(cfg.nerf)
     optimizer = torch.optim.Adam(nerf.parameters(), lr=3e-2)
@@ -87,7 +88,7 @@ def test_sds_with_an_exact_prior_reconstructs_the_object():
             reference = render_nerf(box, WHITE, cameras, RES, RES, samples_per_ray=32, jitter=False)["rgb"]
             prior.x_ref = prior.encode_images(reference)
         rgb = render_nerf(nerf, WHITE, cameras, RES, RES, samples_per_ray=32, jitter=True, generator=generator)["rgb"]
-        loss, info = distill.loss(rgb, cameras.c2w, cameras.directions(), emb, step, STEPS, generator)
+        loss, info = distill.loss(rgb, cameras.c2w, cameras.prompt_directions(cfg.prior), emb, step, STEPS, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

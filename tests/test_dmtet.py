@@ -1,13 +1,14 @@
 """DMTet: the generated tetrahedral grid, marching tetrahedra on analytic SDFs, initialisation from a density."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
 from prolific.field.dmtet import (DMTet, TetGrid, TriMesh, laplacian_smoothness, make_tet_grid, marching_tets,
-                                  normal_consistency)
+                                  normal_consistency, vertex_normal_consistency)
 
 
 def mesh_stats(mesh: TriMesh) -> dict:
@@ -130,7 +131,7 @@ def test_mesh_from_a_box_density_matches_the_box():
     res = 24
     h = 2.0 / res
     dmtet = DMTet(TetGrid.build(res, 1.0))
-    dmtet.init_from_density(lambda x: 10 * torch.sigmoid(-box_sdf(x) / 0.05), threshold=5.0)
+    dmtet.init_from_density(lambda x: 10 * torch.sigmoid(-box_sdf(x) / 0.05), threshold=5.0, mode="metric")
     mesh = dmtet.mesh().detach()
     gen = torch.Generator().manual_seed(0)
     on_mesh = mesh.sample_surface(20000, gen)
@@ -150,7 +151,7 @@ def test_init_scales_the_sdf_to_metres():
     grid = TetGrid.build(16, 1.0)
     dmtet = DMTet(grid)
     dist = grid.vertices.norm(dim=-1) - 0.5
-    dmtet.init_from_density(lambda x: 400.0 * (0.5 - x.norm(dim=-1)) + 5.0, threshold=5.0)
+    dmtet.init_from_density(lambda x: 400.0 * (0.5 - x.norm(dim=-1)) + 5.0, threshold=5.0, mode="metric")
     near = dist.abs() < 2 * grid.cell
     assert torch.allclose(dmtet.sdf[near], dist[near], rtol=0.02, atol=1e-3)
 
@@ -164,9 +165,18 @@ def test_regularisers_prefer_smooth_surfaces():
         bumpy.sdf.copy_(smooth.sdf + 0.08 * torch.randn(smooth.sdf.shape, generator=gen))
     a, b = smooth.mesh(), bumpy.mesh()
     assert normal_consistency(a).item() < normal_consistency(b).item()
+    assert vertex_normal_consistency(a).item() < vertex_normal_consistency(b).item()
     assert laplacian_smoothness(a).item() < laplacian_smoothness(b).item()
     normal_consistency(b).backward()
     assert bumpy.sdf.grad.abs().sum() > 0
+
+
+def test_laplacian_is_the_unsquared_norm_of_the_graph_laplacian():
+    """Both references' ‖L·v‖ with L = D − A, averaged over vertices: on a regular tetrahedron each vertex's
+    three neighbours sum to −v (centred), so ‖3v − (−v)‖ = 4‖v‖."""
+    positions = torch.tensor([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    mesh = TriMesh(positions, torch.tensor([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]]))
+    assert laplacian_smoothness(mesh).item() == pytest.approx(4 * math.sqrt(3))
 
 
 def test_floaters_are_dropped_and_the_object_and_its_real_parts_kept():
@@ -188,3 +198,50 @@ def test_floaters_are_dropped_and_the_object_and_its_real_parts_kept():
     assert clean.positions.shape[0] == int(torch.unique(clean.faces).numel())  # no stray vertices
     assert torch.equal(mesh.without_small_parts(0.0).faces, mesh.faces)
     assert mesh.without_small_parts(1.0).faces.shape[0] < clean.faces.shape[0]  # only the body is left
+
+
+def _ball_density(centre, radius):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(density=lambda x: 50.0 * torch.sigmoid(-((x - centre).norm(dim=-1) - radius) / 0.01))
+
+
+def test_the_initial_grid_is_fitted_to_the_object_and_resolves_it_finer():
+    """geometry.fit_grid (both references): the grid spans the object's box plus 10% per side, so a small
+    object gets cells ~2x finer and a surface closer to the true one than on the whole cube."""
+    from prolific.config import make_config
+    from prolific.stages.geometry import initial_dmtet
+
+    centre, radius = torch.tensor([0.2, -0.1, 0.15]), 0.3
+    nerf = _ball_density(centre, radius)
+    grid = TetGrid.build(16, 1.0)
+    gcfg = make_config("x", "test").geometry
+    errors = {}
+    for fit in (True, False):
+        dmtet = initial_dmtet(grid, nerf, dataclasses.replace(gcfg, fit_grid=fit, sdf_init="metric"))
+        mesh = dmtet.mesh().detach()
+        errors[fit] = float(((mesh.positions - centre).norm(dim=-1) - radius).abs().mean())
+        if fit:
+            lo, hi = dmtet.box
+            assert (lo < centre - radius).all() and (hi > centre + radius).all()
+            assert (hi - lo).max() < 2 * radius + 4 * grid.cell  # the ball's size, a cell and 10% each side
+            assert float(dmtet.cell.max()) < grid.cell / 2
+            assert (mesh.positions >= lo).all() and (mesh.positions <= hi).all()
+        else:
+            assert torch.equal(dmtet.box, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    assert errors[True] < 0.5 * errors[False]
+
+
+def test_the_clamped_init_keeps_the_object_with_an_sdf_in_density_units():
+    """geometry.sdf_init = clamped (both references): clamp(threshold − σ, −1, 1); the level set is the same
+    object, its vertices sit where the clamped values cross zero."""
+    from prolific.config import make_config
+    from prolific.stages.geometry import initial_dmtet
+
+    centre, radius = torch.tensor([0.0, 0.0, 0.0]), 0.4
+    grid = TetGrid.build(16, 1.0)
+    gcfg = make_config("x", "test").geometry
+    clamped = initial_dmtet(grid, _ball_density(centre, radius), gcfg)
+    assert gcfg.sdf_init == "clamped" and clamped.sdf.abs().max() <= 1.0 and (clamped.sdf.abs() == 1.0).any()
+    volume = mesh_stats(clamped.mesh())["volume"]
+    assert volume == pytest.approx(4 / 3 * math.pi * radius ** 3, rel=0.15)

@@ -86,6 +86,8 @@ class PushTowards:
 
 
 def test_geometry_step_moves_the_surface_through_normal_map_renders(tmp_path):
+    import dataclasses
+
     from prolific.field.dmtet import DMTet, TetGrid
     from prolific.render.raster import TorchRasterizer
     from prolific.stages import geometry
@@ -99,9 +101,11 @@ def test_geometry_step_moves_the_surface_through_normal_map_renders(tmp_path):
     grid = TetGrid.build(cfg.geometry.tet_res, 1.0)
     dmtet = DMTet(grid)
     with torch.no_grad():
-        dmtet.sdf.copy_(grid.vertices.norm(dim=-1) - 0.5)
+        # Radius 0.3: its silhouette's edge stays in the frame from the nearest training camera (distance 1,
+        # fov 40°: the frame's half-width there is tan 20° ≈ 0.36).
+        dmtet.sdf.copy_(grid.vertices.norm(dim=-1) - 0.3)
     before = enclosed_volume(dmtet)
-    optimizer = geometry.make_optimizer(dmtet, lr=0.05)
+    optimizer = geometry.make_optimizer(dmtet, dataclasses.replace(cfg.geometry, lr=0.05))
     for step in range(5):  # renders pulled toward the black background: the object must shrink
         geometry.train_step(ctx, TorchRasterizer(), [dmtet], [optimizer], PushTowards(0.0), step)
     assert enclosed_volume(dmtet) < 0.9 * before

@@ -23,8 +23,8 @@ def _cameras(n: int) -> torch.Tensor:
     return c2w
 
 
-def _step(sd, prior, images, seed=0, step=0, directions=("front", "side")):
-    emb = prior.embed_prompt("a red teapot", "blurry")
+def _step(sd, prior, images, seed=0, step=0, directions=("front", "side"), view_dependent=True):
+    emb = prior.embed_prompt("a red teapot", "blurry", view_dependent)
     images = images.clone().requires_grad_(True)
     loss, info = sd.loss(images, _cameras(len(directions)), list(directions), emb, step, 100,
                          torch.Generator().manual_seed(seed))
@@ -60,14 +60,58 @@ def test_vsd_gradient_is_weighted_difference_and_finite():
 
 
 def test_vsd_gradient_is_exactly_zero_while_the_estimator_equals_the_prior(sd_prior):
-    # Fresh estimator (LoRA B = 0, camera MLP output 0) and CFG 1 on the pretrained branch: ε_φ ≡ ε_pretrained.
-    sd = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0), "vsd")
+    # Fresh estimator (LoRA B = 0, camera MLP output 0), CFG 1 on the pretrained branch and the same text on
+    # both branches: ε_φ ≡ ε_pretrained.
+    sd = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0, lora_view_prompt=True), "vsd")
     grad, info = _step(sd, sd_prior, torch.rand(2, 3, 24, 24))
     assert torch.equal(grad, torch.zeros_like(grad)) and info["grad_norm"] == 0.0
     # With real guidance the two branches differ and the renders get a gradient.
-    sd.cfg = _cfg(guidance_scale=7.5)
+    sd.cfg = _cfg(guidance_scale=7.5, lora_view_prompt=True)
     grad, info = _step(sd, sd_prior, torch.rand(2, 3, 24, 24))
     assert grad.abs().sum() > 0 and info["grad_norm"] > 0
+
+
+def test_the_estimator_reads_the_bare_prompt_and_the_pretrained_branch_the_view_suffix(sd_prior):
+    """Both references give ε_φ the prompt without its view suffix: at CFG 1 with a fresh estimator the only
+    difference left between the branches is the suffix, and it vanishes when the prompt has none."""
+    sd = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0), "vsd")
+    grad, _ = _step(sd, sd_prior, torch.rand(2, 3, 24, 24))
+    assert grad.abs().sum() > 0
+    grad, _ = _step(sd, sd_prior, torch.rand(2, 3, 24, 24), view_dependent=False)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    # The estimator also trains on the bare prompt.
+    emb = sd_prior.embed_prompt("a red teapot", "blurry")
+    assert torch.equal(sd._batch[-1][2], emb.get_bare(2))
+    assert not torch.equal(emb.get_bare(1), emb.get(["front"])[0])
+
+
+def test_the_estimator_trains_on_all_times_and_sometimes_without_the_camera(sd_prior):
+    """t ~ U[0, 1000) for ε_φ's own steps and the camera zeroed on ~10% of them (both references)."""
+    sd = ScoreDistillation(sd_prior, _cfg(), "vsd")
+    times, cameras = [], []
+    unet_hook = sd_prior.unet.register_forward_pre_hook(lambda m, args: times.append(args[1].clone()))
+    camera_hook = sd.camera.register_forward_pre_hook(lambda m, args: cameras.append(args[0].clone()))
+    g = torch.Generator().manual_seed(0)
+    try:
+        _step(sd, sd_prior, torch.rand(2, 3, 24, 24))
+        times.clear(), cameras.clear()
+        for _ in range(150):
+            sd.update_estimator(g)
+    finally:
+        unet_hook.remove(), camera_hook.remove()
+    t = torch.cat(times)
+    assert t.min() >= 0 and t.max() <= 999 and t.min() < 20 and t.max() > 980  # beyond the VSD range [20, 980]
+    dropped = sum(bool((c == 0).all()) for c in cameras)
+    assert len(cameras) == 150 and 5 <= dropped <= 30
+    sd.cfg = _cfg(camera_dropout=0.0)
+    cameras.clear()
+    camera_hook = sd.camera.register_forward_pre_hook(lambda m, args: cameras.append(args[0].clone()))
+    try:
+        for _ in range(30):
+            sd.update_estimator(g)
+    finally:
+        camera_hook.remove()
+    assert not any(bool((c == 0).all()) for c in cameras)
 
 
 def test_sds_gradient_matches_its_formula(pixel_prior):
@@ -162,11 +206,11 @@ def test_state_dict_round_trip_restores_the_estimator(tiny_sd_model, sd_prior):
 
 
 def test_a_new_job_gets_a_fresh_estimator_on_the_same_loaded_model(sd_prior):
-    first = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0), "vsd")
+    first = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0, lora_view_prompt=True), "vsd")
     _step(first, sd_prior, torch.rand(2, 3, 24, 24))
     first.update_estimator()
     first.close()
-    second = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0), "vsd")
+    second = ScoreDistillation(sd_prior, _cfg(guidance_scale=1.0, lora_view_prompt=True), "vsd")
     grad, _ = _step(second, sd_prior, torch.rand(2, 3, 24, 24))
     assert torch.equal(grad, torch.zeros_like(grad))
 

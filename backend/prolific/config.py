@@ -27,8 +27,15 @@ class PriorConfig:
     guidance_scale: float = 7.5  # CFG scale of the pretrained branch under VSD (paper: 7.5)
     sds_guidance_scale: float = 100.0  # SDS needs large CFG (DreamFusion)
     lora_rank: int = 4
-    lora_lr: float = 1e-3
+    lora_lr: float = 1e-4  # threestudio prolificdreamer.yaml (guidance lr) and the official --unet_lr
     lora_steps_per_iter: int = 1  # the paper alternates one particle step and one LoRA step
+    # The LoRA's own training: t ~ U[0, 1000) and the camera zeroed for 10% of its steps, as both references
+    # (threestudio train_lora with lora_cfg_training, the official train_one_epoch with --uncond_p 0.1).
+    lora_t_min: float = 0.0
+    lora_t_max: float = 1.0
+    camera_dropout: float = 0.1
+    # Both references give ε_φ the bare prompt; only the pretrained branch sees the view suffix.
+    lora_view_prompt: bool = False
     camera_condition: bool = True
     t_min: float = 0.02
     t_max: float = 0.98
@@ -36,7 +43,15 @@ class PriorConfig:
     anneal_fraction: float = 0.2  # fraction of stage-1 steps run with the wide t range (5000 of 25000)
     negative_prompt: str = ""
     view_dependent_prompt: bool = True
-    dtype: str = "auto"  # auto = bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32 on CPU
+    # View sectors of the prompt suffix: front within ±30° of azimuth 0, back within ±30° of 180, overhead above
+    # 60° elevation (threestudio prolificdreamer.yaml front/back_threshold 30; the official --angle_front 60 is
+    # the full width of the front sector, so also ±30°, and --angle_overhead 30 from the pole is also 60°).
+    front_half_width_deg: float = 30.0
+    back_half_width_deg: float = 30.0
+    overhead_elevation_deg: float = 60.0
+    # auto = fp16 on a GPU (threestudio's half_precision_weights; the official fp32 costs twice the memory, and
+    # bf16 rounds 8x coarser, which the geometry stage's CFG scale of 100 amplifies), fp32 on the CPU
+    dtype: str = "auto"
     speed: str = "auto"  # speed switches as `prolific bench --opt` names them; auto = prior.speed.job_options
 
 
@@ -45,7 +60,9 @@ class NerfConfig:
     steps: int = 5000
     resolutions: tuple[int, ...] = (64, 512)  # progressive rendering resolution
     resolution_milestones: tuple[int, ...] = (1000,)  # step at which each next resolution starts
-    lr: float = 1e-2
+    lr: float = 1e-2  # the hash table (threestudio geometry.encoding, the official encoders at 10 x --lr)
+    mlp_lr: float = 1e-3  # density/colour MLP: threestudio density/feature_network, the official sigma_nets
+    background_lr: float = 1e-3  # threestudio background, the official bg_nets
     mode: str = "object"  # object: blob lambda=10, r=0.5 ; scene: lambda=-10, r=2.5
     hash_levels: int = 16
     hash_features: int = 2
@@ -57,7 +74,21 @@ class NerfConfig:
     occupancy_res: int = 64
     occupancy_threshold: float = 0.01
     occupancy_every: int = 16
-    shading: tuple[float, float, float] = (0.2, 0.4, 0.4)  # probability of albedo / lambertian / textureless
+    # Probability of albedo / lambertian / textureless renders: unlit albedo only, as threestudio
+    # (material "no-material") and the official code (--albedo, the default); ε_φ gets no shading label.
+    shading: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    # Probability that a step's renders get a random solid background instead of the learned one: threestudio's
+    # random_aug_prob 0.5, from the first step (the official code waits for step 2000).
+    random_background: float = 0.5
+    # Regularisers of the renders' opacity: threestudio prolificdreamer.yaml lambda_sparsity 10 (mean of
+    # sqrt(opacity² + 0.01)) and lambda_opaque [10000, 0, 1000, 10001]: a BCE of opacity with itself, off
+    # before step 10k of 25k, then 1000.
+    sparsity_weight: float = 10.0
+    opacity_weight: float = 1000.0
+    opacity_start_fraction: float = 0.4
+    # The official code's alternative to the two above (--lambda_entropy 10: binary entropy of each sample's
+    # compositing weight); 0 because the paper preset follows threestudio, which does not use it.
+    entropy_weight: float = 0.0
     camera_distance: tuple[float, float] = (1.0, 1.5)  # threestudio prolificdreamer.yaml and the official code
     elevation_deg: tuple[float, float] = (-10.0, 45.0)
     fov_deg: tuple[float, float] = (40.0, 70.0)
@@ -70,11 +101,27 @@ class GeometryConfig:
     steps: int = 2000
     tet_res: int = 128
     resolution: int = 512
-    lr: float = 1e-2
-    density_threshold: float = 5.0  # NeRF density level set that becomes the initial surface
+    # Adam on the SDF and the deformation: threestudio prolificdreamer-geometry.yaml (the official code: Adam
+    # with the same betas and eps, lr 5 x 1e-3)
+    lr: float = 5e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-15
+    # NeRF density level set that becomes the initial surface: threestudio's isosurface_threshold 25 (the
+    # official code: 25 x --density_thresh 0.1)
+    density_threshold: float = 25.0
+    # The grid spans the NeRF object's bounding box, padded by 10% of its size per side (threestudio
+    # isosurface_coarse_to_fine; the official code scales a cube to the object): finer cells on the object.
+    fit_grid: bool = True
+    # Initial SDF: "clamped" = clamp(threshold − σ, −1, 1) as both references; "metric" = (threshold − σ)
+    # rescaled to metres. The learning rate is in these units (a clamped SDF moves ~200x slower than a metric one).
+    sdf_init: str = "clamped"
     guidance_scale: float = 100.0  # SDS on normal maps
-    normal_consistency_weight: float = 1e3
-    laplacian_weight: float = 1e3
+    anneal_fraction: float = 1 / 3  # threestudio: t_max 0.98 for the first 5000 of 15000 steps, then 0.5
+    # threestudio: normal consistency 1e4 on vertex normals, Laplacian 1e4 on ‖L·v‖ (the official: 5000 on face
+    # normals, Laplacian 0.5)
+    normal_consistency_weight: float = 1e4
+    normal_consistency_on: str = "vertex"  # "vertex" (threestudio) or "face" normals (the official code)
+    laplacian_weight: float = 1e4
     # Floaters: parts of the final surface smaller than this fraction of the largest part's area are dropped
     # (0 keeps every part). The toy runs' meshes had 18-77 such parts holding up to a fifth of the faces.
     min_part_fraction: float = 0.05
@@ -86,8 +133,15 @@ class GeometryConfig:
 class TextureConfig:
     steps: int = 3000
     resolution: int = 512
+    # threestudio prolificdreamer-texture.yaml: hash table 1e-2, colour MLP 1e-3, background 1e-3
     lr: float = 1e-2
+    mlp_lr: float = 1e-3
+    background_lr: float = 1e-3
+    # Stage 1's background goes on training (the official code; threestudio trains a fresh one, which would have
+    # to relearn what already matches the object)
+    train_background: bool = True
     guidance: str = "vsd"
+    anneal_fraction: float = 1 / 6  # threestudio: t_max 0.98 for the first 5000 of 30000 steps, then 0.5
     checkpoint_every: int = 500
     preview_every: int = 100
 
@@ -135,14 +189,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "prior": {"lora_rank": 2},
     },
     # README's main command: the bundled toy prior (64 px, pixel space) on a CPU in a few minutes.
+    # Toy-specific: its captions' view sectors are ±45° (toy/dataset.py) and it only saw white backdrops, so a
+    # random solid background would pull fog over the object to whiten it.
     "demo": {
-        "prior": {"guidance_scale": 5.0},
+        "prior": {"guidance_scale": 5.0, "front_half_width_deg": 45.0, "back_half_width_deg": 45.0},
         "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "hash_levels": 8,
                  "hash_log2_size": 15, "hash_max_res": 256, "samples_per_ray": 32, "occupancy_res": 32,
-                 "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "checkpoint_every": 50, "preview_every": 20},
+                 "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
+                 "checkpoint_every": 50, "preview_every": 20},
         # The toy prior never saw normal maps, so normal-map SDS from it only roughens the surface extracted from
         # the NeRF (area/volume^(2/3) 14.5 -> 24 in 30 steps, measured): the demo keeps the extracted surface.
-        "geometry": {"steps": 0, "tet_res": 48, "resolution": 64},
+        # With no geometry step the initial SDF is the surface: a clamped one would put every vertex at the
+        # middle of its grid edge, the metric one keeps the level set's true crossing. Density 5: the level its
+        # 200-step NeRF was tuned at (threestudio's 25 is for a NeRF trained 25k steps).
+        "geometry": {"steps": 0, "tet_res": 48, "resolution": 64, "sdf_init": "metric", "density_threshold": 5.0},
         "texture": {"steps": 60, "resolution": 64, "checkpoint_every": 30, "preview_every": 10},
         "export": {"texture_size": 256},
     },
@@ -161,9 +221,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "export": {"texture_size": 2048},
     },
     # The paper's settings (threestudio's ProlificDreamer configs): 25k NeRF steps at 64 then 512 from 5k,
-    # 15k geometry steps, 30k texture steps, 512 renders, wide t range for the first 5k steps.
+    # 15k geometry steps, 30k texture steps, 512 renders, wide t range for the first 5k steps, hash grid up to
+    # 4096 (per_level_scale 1.447). README's table lists every setting against both references.
     "paper": {
-        "nerf": {"steps": 25000, "resolution_milestones": (5000,), "checkpoint_every": 2500},
+        "nerf": {"steps": 25000, "resolution_milestones": (5000,), "hash_max_res": 4096, "checkpoint_every": 2500},
         "geometry": {"steps": 15000},
         "texture": {"steps": 30000},
         "export": {"texture_size": 2048},
@@ -327,6 +388,12 @@ def _validate(cfg: JobConfig) -> None:
     _require(0.0 <= p.t_min < p.t_max_annealed <= p.t_max <= 1.0,
              "The time range needs 0 <= t_min < t_max_annealed <= t_max <= 1.")
     _require(0.0 <= p.anneal_fraction <= 1.0, "anneal_fraction must lie in [0, 1].")
+    _require(0.0 <= p.lora_t_min < p.lora_t_max <= 1.0, "The LoRA time range needs 0 <= lora_t_min < lora_t_max <= 1.")
+    _require(0.0 <= p.camera_dropout <= 1.0, "prior.camera_dropout must lie in [0, 1].")
+    _require(0.0 <= p.front_half_width_deg and 0.0 <= p.back_half_width_deg
+             and p.front_half_width_deg + p.back_half_width_deg <= 180.0,
+             "prior.front_half_width_deg and back_half_width_deg must be >= 0 and together at most 180.")
+    _require(-90.0 <= p.overhead_elevation_deg <= 90.0, "prior.overhead_elevation_deg must lie in [-90, 90].")
     _require(p.dtype in ("auto", "fp32", "fp16", "bf16"), f"Unknown dtype '{p.dtype}': use auto, fp32, fp16 or bf16.")
     _require(isinstance(p.speed, str), "prior.speed must be text such as auto, none or sdpa,batch.")
     if p.speed != "auto":
@@ -348,7 +415,25 @@ def _validate(cfg: JobConfig) -> None:
     _require(n.samples_per_ray >= 4, "nerf.samples_per_ray must be >= 4.")
     _require(len(n.shading) == 3 and abs(sum(n.shading) - 1.0) < 1e-6 and min(n.shading) >= 0,
              "nerf.shading must be three probabilities (albedo, lambertian, textureless) that sum to 1.")
-    _require(4 <= cfg.geometry.tet_res <= 512, "geometry.tet_res must lie in 4..512.")
+    _require(n.mlp_lr > 0 and n.background_lr > 0, "nerf.mlp_lr and nerf.background_lr must be positive.")
+    _require(0.0 <= n.random_background <= 1.0, "nerf.random_background must lie in [0, 1].")
+    _require(min(n.sparsity_weight, n.opacity_weight, n.entropy_weight) >= 0,
+             "nerf.sparsity_weight, opacity_weight and entropy_weight must not be negative.")
+    _require(0.0 <= n.opacity_start_fraction <= 1.0, "nerf.opacity_start_fraction must lie in [0, 1].")
+    g = cfg.geometry
+    _require(4 <= g.tet_res <= 512, "geometry.tet_res must lie in 4..512.")
+    _require(len(g.betas) == 2 and all(0.0 <= b < 1.0 for b in g.betas) and g.eps > 0,
+             "geometry.betas must be two numbers in [0, 1) and geometry.eps positive.")
+    _require(g.sdf_init in ("clamped", "metric"), f"Unknown geometry.sdf_init '{g.sdf_init}': use clamped or metric.")
+    _require(g.normal_consistency_on in ("vertex", "face"),
+             f"Unknown geometry.normal_consistency_on '{g.normal_consistency_on}': use vertex or face.")
+    _require(min(g.normal_consistency_weight, g.laplacian_weight) >= 0,
+             "geometry.normal_consistency_weight and laplacian_weight must not be negative.")
+    _require(g.density_threshold > 0, "geometry.density_threshold must be positive.")
+    t = cfg.texture
+    _require(t.mlp_lr > 0 and t.background_lr > 0, "texture.mlp_lr and texture.background_lr must be positive.")
+    for name, fraction in (("geometry", g.anneal_fraction), ("texture", t.anneal_fraction)):
+        _require(0.0 <= fraction <= 1.0, f"{name}.anneal_fraction must lie in [0, 1].")
     _require(0.0 <= cfg.geometry.min_part_fraction <= 1.0, "geometry.min_part_fraction must lie in [0, 1].")
     _require(8 <= cfg.geometry.resolution <= 2048 and 8 <= cfg.texture.resolution <= 2048,
              "Stage resolutions must lie in 8..2048.")

@@ -59,7 +59,7 @@ def initial_surface(cfg, device: torch.device, seed: int):
     nerf = NeRF(cfg.nerf, device=device)
     grid = TetGrid.build(cfg.geometry.tet_res, cfg.nerf.bound, device)
     with torch.no_grad():
-        return initial_dmtet(grid, nerf, cfg.geometry.density_threshold)
+        return initial_dmtet(grid, nerf, cfg.geometry)
 
 
 def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, args, cfg, model: str,
@@ -77,24 +77,26 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
     prior = load_prior(model, device, speed.prior_dtype(options, device))
     out["load_s"] = round(time.perf_counter() - start, 2)
     if stage == "stage2":
-        prior_cfg, guidance_name = geometry.refine_prior_config(cfg.prior, cfg.geometry.guidance_scale), "sds"
+        prior_cfg = geometry.refine_prior_config(cfg.prior, cfg.geometry.anneal_fraction, cfg.geometry.guidance_scale)
+        guidance_name = "sds"
     else:
-        prior_cfg, guidance_name = geometry.refine_prior_config(cfg.prior), cfg.texture.guidance
+        prior_cfg = geometry.refine_prior_config(cfg.prior, cfg.texture.anneal_fraction)
+        guidance_name = cfg.texture.guidance
     vsd = guidance_name == "vsd"
     estimator_prior = speed.separate_estimator_prior(prior) if reference and vsd else prior
     torch.manual_seed(args.seed)
     guidance = ScoreDistillation(estimator_prior, prior_cfg, guidance_name)
     dmtets = [initial_surface(cfg, device, args.seed + k) for k in range(args.particles)]
     if stage == "stage2":
-        optimizers = [geometry.make_optimizer(d, cfg.geometry.lr) for d in dmtets]
+        optimizers = [geometry.make_optimizer(d, cfg.geometry) for d in dmtets]
     else:
         from ..field.texture import AlbedoField
 
         with torch.no_grad():
             meshes = [d.mesh().detach() for d in dmtets]
         fields = [AlbedoField(cfg.nerf, device) for _ in meshes]
-        optimizers = [texture.make_optimizer(f, cfg.texture.lr) for f in fields]
-        backgrounds = [texture.frozen(None) for _ in fields]
+        backgrounds = texture.stage_backgrounds(cfg.texture, [None] * len(fields))
+        optimizers = [texture.make_optimizer(f, b, cfg.texture) for f, b in zip(fields, backgrounds)]
     try:
         out["applied"] = speed.accelerate(prior, guidance, options, optimizers)
     except Exception as err:  # noqa: BLE001 - an optional switch failing must not end the bench

@@ -41,7 +41,7 @@ def make_particles(cfg, device: torch.device, options: SpeedOptions, n: int) -> 
     for p in particles:
         if not options.tcnn and getattr(p.nerf.encoding, "impl", "torch") != "torch":
             p.nerf = NeRF(cfg, device=None).to(device)  # built off-GPU: make_hash_encoding picks PyTorch
-            p.optimizer = type(p.optimizer)(particle_parameters(p), **p.optimizer.defaults)
+            p.optimizer = nerf_stage.make_optimizer(cfg, p.nerf, p.background)
         if not options.occupancy:
             p.occupancy = None
     return particles

@@ -150,7 +150,8 @@ class TriMesh:
 
 
 def normal_consistency(mesh: TriMesh) -> torch.Tensor:
-    """Mean (1 − cos) between the normals of faces sharing an edge: penalises creases and folded triangles."""
+    """Mean (1 − cos) between the normals of faces sharing an edge (the official code's): penalises creases and
+    folded triangles."""
     _, side_edge = mesh.edges()
     n_faces = mesh.faces.shape[0]
     face_of_side = torch.arange(3 * n_faces, device=side_edge.device) % n_faces
@@ -164,18 +165,26 @@ def normal_consistency(mesh: TriMesh) -> torch.Tensor:
     return (1 - cos).mean()
 
 
+def vertex_normal_consistency(mesh: TriMesh) -> torch.Tensor:
+    """Mean (1 − cos) between the vertex normals at the two ends of each edge (threestudio's
+    Mesh.normal_consistency): smooths the shading normals across the whole surface."""
+    edges, _ = mesh.edges()
+    if edges.shape[0] == 0:
+        return mesh.positions.sum() * 0
+    normals = mesh.vertex_normals()
+    return (1 - nn.functional.cosine_similarity(normals[edges[:, 0]], normals[edges[:, 1]], dim=-1)).mean()
+
+
 def laplacian_smoothness(mesh: TriMesh) -> torch.Tensor:
-    """Mean squared uniform Laplacian ‖mean(neighbours) − v‖²: pulls spikes and floaters' jagged edges in."""
+    """Mean over vertices of ‖L·v‖ with the uniform graph Laplacian L = D − A, i.e. ‖Σ_neighbours (v − u)‖
+    (both references' laplacian loss, unsquared): pulls spikes and floaters' jagged edges in."""
     edges, _ = mesh.edges()
     if edges.shape[0] == 0:
         return mesh.positions.sum() * 0
     p = mesh.positions
     both = torch.cat([edges, edges.flip(1)])
-    total = torch.zeros_like(p).index_add(0, both[:, 0], p[both[:, 1]])
-    degree = torch.zeros(p.shape[0], device=p.device, dtype=p.dtype).index_add(
-        0, both[:, 0], torch.ones(both.shape[0], device=p.device, dtype=p.dtype))
-    lap = total / degree.clamp(min=1)[:, None] - p
-    return (lap ** 2).sum(-1).mean()
+    lap = torch.zeros_like(p).index_add(0, both[:, 0], p[both[:, 0]] - p[both[:, 1]])
+    return lap.norm(dim=-1).mean()
 
 
 def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor) -> TriMesh:
@@ -219,7 +228,8 @@ def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
 
 @dataclass
 class TetGrid:
-    """The fixed grid DMTet lives on; built once and shared by all particles (it is large at res 128)."""
+    """The fixed grid DMTet lives on, over the cube [-bound, bound]³; built once and shared by all particles (it
+    is large at res 128). Each DMTet maps it affinely into its own box."""
 
     vertices: torch.Tensor  # [V,3]
     tets: torch.Tensor  # [T,4]
@@ -239,43 +249,65 @@ class TetGrid:
 
 
 class DMTet(nn.Module):
-    """Per-vertex SDF and bounded deformation on a tetrahedral grid.
+    """Per-vertex SDF and bounded deformation on a tetrahedral grid mapped into an axis-aligned box (default:
+    the grid's own cube; `object_box` fits one to a density).
 
     The deformation moves each vertex at most half a cell (tanh), so tetrahedra rarely invert and the surface
     stays where the grid can resolve it.
     """
 
-    def __init__(self, grid: TetGrid):
+    def __init__(self, grid: TetGrid, box: torch.Tensor | None = None):
         super().__init__()
         self.grid = grid
+        device = grid.vertices.device
         n = grid.vertices.shape[0]
-        self.sdf = nn.Parameter(torch.zeros(n, device=grid.vertices.device))
-        self.deform = nn.Parameter(torch.zeros(n, 3, device=grid.vertices.device))
+        self.sdf = nn.Parameter(torch.zeros(n, device=device))
+        self.deform = nn.Parameter(torch.zeros(n, 3, device=device))
+        if box is None:
+            box = torch.tensor([[-grid.bound] * 3, [grid.bound] * 3])
+        self.register_buffer("box", box.to(device=device, dtype=torch.float32))  # [2,3]: min and max corner
+
+    @property
+    def cell(self) -> torch.Tensor:
+        """The cell size along x, y, z [3]."""
+        return (self.box[1] - self.box[0]) / self.grid.res
+
+    def rest_vertices(self) -> torch.Tensor:
+        """The grid's vertices in the box, undeformed [V,3]."""
+        scale = (self.box[1] - self.box[0]) / (2 * self.grid.bound)
+        return self.box[0] + (self.grid.vertices + self.grid.bound) * scale
 
     def vertices(self) -> torch.Tensor:
-        return self.grid.vertices + 0.5 * self.grid.cell * torch.tanh(self.deform)
+        return self.rest_vertices() + 0.5 * self.cell * torch.tanh(self.deform)
 
     def level(self) -> torch.Tensor:
         """The SDF with the grid's boundary kept outside, so the surface is always closed."""
-        return torch.where(self.grid.boundary, self.sdf.clamp(min=1e-4 * self.grid.cell), self.sdf)
+        return torch.where(self.grid.boundary, self.sdf.clamp(min=1e-4 * float(self.cell.min())), self.sdf)
 
     def mesh(self) -> TriMesh:
         return marching_tets(self.vertices(), self.level(), self.grid.tets)
 
     @torch.no_grad()
-    def init_from_density(self, density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float,
+    def init_from_density(self, density_fn: Callable[[torch.Tensor], torch.Tensor], threshold: float, mode: str,
                           chunk: int = 1 << 18) -> None:
-        """Start from the NeRF's level set density = threshold: sdf ∝ threshold − σ(x) at each grid vertex.
+        """Start from the NeRF's level set density = threshold: sdf from threshold − σ(x) at each grid vertex.
 
-        The zero set and the crossing points (linear interpolation along edges) do not depend on a positive
-        scale, so the raw difference is rescaled to metres: divided by the median gradient norm of its linear
-        interpolant over the tetrahedra the surface crosses. Near the surface the SDF then reads as a distance,
-        and a learning rate means a distance.
+        mode "clamped": clamp(threshold − σ, −1, 1), as both reference implementations (in density units, so a
+        learning rate means a share of that ±1 range). mode "metric": the zero set and the crossing points
+        (linear interpolation along edges) do not depend on a positive scale, so the raw difference is rescaled
+        to metres: divided by the median gradient norm of its linear interpolant over the tetrahedra the surface
+        crosses. Near the surface the SDF then reads as a distance, and a learning rate means a distance.
         """
-        verts, tets = self.grid.vertices, self.grid.tets
+        if mode not in ("clamped", "metric"):
+            raise ValueError(f"Unknown SDF init mode '{mode}': use clamped or metric.")
+        verts, tets = self.rest_vertices(), self.grid.tets
         sigma = torch.cat([density_fn(verts[i:i + chunk]).reshape(-1).float()
                            for i in range(0, verts.shape[0], chunk)])
         raw = threshold - sigma
+        self.deform.zero_()
+        if mode == "clamped":
+            self.sdf.copy_(raw.clamp(-1.0, 1.0))
+            return
         inside = (raw < 0)[tets].sum(-1)
         crossed = tets[(inside > 0) & (inside < 4)]
         if crossed.shape[0]:
@@ -283,6 +315,22 @@ class DMTet(nn.Module):
             grad = torch.linalg.solve(p[:, 1:] - p[:, :1], v[:, 1:] - v[:, :1])
             scale = grad.norm(dim=-1).median().clamp(min=1e-6)
         else:
-            scale = raw.abs().max().clamp(min=1e-6) / self.grid.bound
+            scale = raw.abs().max().clamp(min=1e-6) / float((self.box[1] - self.box[0]).max() / 2)
         self.sdf.copy_(raw / scale)
-        self.deform.zero_()
+
+
+# Padding of the fitted box per side, as a share of the object's extent (threestudio's isosurface_coarse_to_fine).
+BOX_PADDING = 0.1
+
+
+@torch.no_grad()
+def object_box(grid: TetGrid, sigma: torch.Tensor, threshold: float) -> torch.Tensor | None:
+    """The box [2,3] around where the density σ at the grid's vertices [V] exceeds `threshold`: the inside
+    vertices' extent grown by one cell (the surface crosses the edges out of them), then by BOX_PADDING of that
+    extent per side, kept within the grid's cube. None when no vertex is inside."""
+    inside = grid.vertices[sigma > threshold]
+    if inside.shape[0] == 0:
+        return None
+    lo, hi = inside.amin(0) - grid.cell, inside.amax(0) + grid.cell
+    pad = BOX_PADDING * (hi - lo)
+    return torch.stack([(lo - pad).clamp(min=-grid.bound), (hi + pad).clamp(max=grid.bound)])

@@ -39,12 +39,14 @@ _TRUE = ("1", "ON", "YES", "TRUE")
 
 @dataclass
 class PromptEmbeddings:
-    """Text embeddings of one prompt: one conditional embedding per view direction and the negative prompt's."""
+    """Text embeddings of one prompt: one conditional embedding per view direction, the bare prompt's and the
+    negative prompt's."""
 
     prompt: str
     negative_prompt: str
     cond: dict[str, torch.Tensor]  # direction -> [1, L, D]
     uncond: torch.Tensor  # [1, L, D]
+    bare: torch.Tensor  # [1, L, D]: the prompt without a view suffix
     view_dependent: bool = True
 
     def get(self, directions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +55,10 @@ class PromptEmbeddings:
             raise ValueError(f"Unknown view directions {unknown}; expected some of {list(self.cond)}.")
         cond = torch.cat([self.cond[d] for d in directions])
         return cond, self.uncond.expand(len(directions), -1, -1)
+
+    def get_bare(self, n: int) -> torch.Tensor:
+        """The bare prompt's embedding for a batch of n [n, L, D]."""
+        return self.bare.expand(n, -1, -1)
 
 
 @dataclass
@@ -124,15 +130,16 @@ class DiffusionPrior:
         return hidden.to(self.dtype)
 
     def embed_prompt(self, prompt: str, negative_prompt: str = "", view_dependent: bool = True) -> PromptEmbeddings:
-        """Embeddings of `prompt` + each view suffix (or the bare prompt for all views) and of the negative
-        prompt. Cached per (prompt, negative prompt, view_dependent)."""
+        """Embeddings of `prompt` + each view suffix (or the bare prompt for all views), of the bare prompt and
+        of the negative prompt. Cached per (prompt, negative prompt, view_dependent)."""
         key = (prompt, negative_prompt, view_dependent)
         if key not in self._embeddings:
             directions = list(VIEW_SUFFIXES)
             texts = [prompt + VIEW_SUFFIXES[d] if view_dependent else prompt for d in directions]
-            hidden = self._encode_text(texts + [negative_prompt])
+            hidden = self._encode_text(texts + [prompt, negative_prompt])
             cond = {d: hidden[i:i + 1] for i, d in enumerate(directions)}
-            self._embeddings[key] = PromptEmbeddings(prompt, negative_prompt, cond, hidden[-1:], view_dependent)
+            self._embeddings[key] = PromptEmbeddings(prompt, negative_prompt, cond, hidden[-1:], hidden[-2:-1],
+                                                     view_dependent)
         return self._embeddings[key]
 
     # -- noise prediction ------------------------------------------------------------------------------------

@@ -76,11 +76,12 @@ def best_options() -> SpeedOptions:
 def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     """The options a generation runs with (`prior.speed`). "auto" keeps what the H100 bench showed to help or
     to save memory without changing results (tests/test_speed.py); torch.compile stays opt-in until it has been
-    measured on a GPU. Anything else is parsed like the bench's --opt."""
+    measured on a GPU. Anything else is parsed like the bench's --opt. A job's weights are in prior.dtype (fp16
+    on a GPU), so auto leaves bf16 off."""
     if text != "auto":
         return SpeedOptions.parse(text)
     if torch.device(device).type == "cuda":
-        return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True,
+        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True,
                             occupancy=True, tcnn=True)
     return SpeedOptions(sdpa=True, batch=True, occupancy=True)
 
@@ -254,25 +255,27 @@ def log(message: str) -> None:
 
 class _BatchedBranches:
     """Instance-level patches of one ScoreDistillation and its prior: while `loss` runs, the prior's
-    `predict_noise` evaluates [cond, uncond, LoRA-cond] in one masked UNet call and keeps ε_φ, which the
-    following `eps_phi` call on the same x_t and t returns instead of running the UNet again. Every other call
-    (the estimator's own training step, previews, tests) goes to the original methods."""
+    `predict_noise` evaluates [cond, uncond, ε_φ's text] in one masked UNet call and keeps ε_φ, which the
+    following `eps_phi` call on the same x_t, t and text returns instead of running the UNet again. Every other
+    call (the estimator's own training step, previews, tests) goes to the original methods."""
 
     def __init__(self, distill, mask: SampleMask):
         self.distill, self.mask = distill, mask
         self.prior = distill.prior
         self.c2w: torch.Tensor | None = None
-        self.kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.phi_cond: torch.Tensor | None = None  # ε_φ's text embedding; None = the pretrained branch's
+        self.kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.loss = distill.loss
         self.predict_noise = self.prior.predict_noise
         self.eps_phi = distill.eps_phi
 
-    def patched_loss(self, images, c2w, *args, **kwargs):
+    def patched_loss(self, images, c2w, directions, prompt, *args, **kwargs):
         self.c2w = c2w
+        self.phi_cond = self.distill.estimator_cond(prompt, directions)
         try:
-            return self.loss(images, c2w, *args, **kwargs)
+            return self.loss(images, c2w, directions, prompt, *args, **kwargs)
         finally:
-            self.c2w, self.kept = None, None
+            self.c2w, self.phi_cond, self.kept = None, None, None
 
     @torch.no_grad()
     def patched_predict_noise(self, x_t, t, cond, uncond, guidance_scale):
@@ -280,7 +283,8 @@ class _BatchedBranches:
             return self.predict_noise(x_t, t, cond, uncond, guidance_scale)
         n = x_t.shape[0]
         guided = uncond is not None and guidance_scale != 1.0
-        embs = [cond, uncond, cond] if guided else [cond, cond]
+        phi_cond = cond if self.phi_cond is None else self.phi_cond
+        embs = [cond, uncond, phi_cond] if guided else [cond, phi_cond]
         k = len(embs)
         mask = torch.zeros(k * n, dtype=torch.bool, device=x_t.device)
         mask[(k - 1) * n:] = True
@@ -291,7 +295,7 @@ class _BatchedBranches:
                 cam = distill._camera_emb
                 distill._camera_emb = torch.cat([torch.zeros_like(cam).repeat(k - 1, 1), cam])
             eps = self.prior.unet_eps(torch.cat([x_t] * k), torch.cat([t] * k), torch.cat(embs)).chunk(k)
-        self.kept = (x_t, t, eps[-1])
+        self.kept = (x_t, t, phi_cond, eps[-1])
         if not guided:
             return eps[0]
         eps_c, eps_u = eps[0], eps[1]
@@ -299,9 +303,10 @@ class _BatchedBranches:
 
     def patched_eps_phi(self, x_t, t, cond, c2w):
         kept = self.kept
-        if kept is not None and kept[0] is x_t and kept[1] is t and not torch.is_grad_enabled():
+        if (kept is not None and kept[0] is x_t and kept[1] is t and torch.equal(kept[2], cond)
+                and not torch.is_grad_enabled()):
             self.kept = None
-            return kept[2]
+            return kept[3]
         return self.eps_phi(x_t, t, cond, c2w)
 
 

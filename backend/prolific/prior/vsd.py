@@ -120,6 +120,13 @@ class ScoreDistillation:
         with self._estimator(c2w):
             return self.prior.unet_eps(x_t, t, cond)
 
+    def estimator_cond(self, prompt: PromptEmbeddings, directions: list[str]) -> torch.Tensor:
+        """The text embedding ε_φ sees: the bare prompt (both references), or the pretrained branch's
+        view-suffixed one with cfg.lora_view_prompt."""
+        if self.cfg.lora_view_prompt:
+            return prompt.get(directions)[0]
+        return prompt.get_bare(len(directions))
+
     # -- the particles' gradient ----------------------------------------------------------------------------
 
     def _sample_t(self, n: int, lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -127,6 +134,10 @@ class ScoreDistillation:
         t_lo, t_hi = int(lo * T), min(int(hi * T), T - 1)
         gen_device = generator.device if generator is not None else "cpu"
         return torch.randint(t_lo, t_hi + 1, (n,), generator=generator, device=gen_device).to(self.prior.device)
+
+    def _uniform(self, generator: torch.Generator | None) -> float:
+        gen_device = generator.device if generator is not None else "cpu"
+        return torch.rand((), generator=generator, device=gen_device).item()
 
     def _noise(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         gen_device = generator.device if generator is not None else "cpu"
@@ -139,8 +150,9 @@ class ScoreDistillation:
         d loss / d x0_i = w(t_i)(ε_pretrained − ε_φ)_i / B, with x0 the renders in the UNet's input space:
         loss = ½‖x0 − sg(x0 − g)‖² / B, the batch mean as in threestudio, so the gradient does not grow with the
         number of particles. w(t) = σ_t² = 1 − ᾱ_t (DreamFusion's choice, threestudio's `1 - alphas[t]`).
-        ε_φ is the LoRA estimator under VSD and the injected noise under SDS; the pretrained branch uses
-        cfg.guidance_scale under VSD and cfg.sds_guidance_scale under SDS.
+        ε_φ is the LoRA estimator under VSD (with `estimator_cond`'s text) and the injected noise under SDS; the
+        pretrained branch sees the view-suffixed prompt with cfg.guidance_scale under VSD and
+        cfg.sds_guidance_scale under SDS.
         """
         prior, cfg = self.prior, self.cfg
         x0 = prior.encode_images(images)
@@ -153,8 +165,9 @@ class ScoreDistillation:
             ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
             x_t = ab.sqrt() * x0.detach() + (1 - ab).sqrt() * noise
             if self.guidance == "vsd":
+                phi_cond = self.estimator_cond(prompt, directions)
                 eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.guidance_scale)
-                eps_phi = self.eps_phi(x_t, t, cond, c2w)
+                eps_phi = self.eps_phi(x_t, t, phi_cond, c2w)
             else:
                 eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.sds_guidance_scale)
                 eps_phi = noise
@@ -164,7 +177,7 @@ class ScoreDistillation:
         if self.guidance == "vsd":
             if self._batch_used:
                 self._batch, self._batch_used = [], False
-            self._batch.append((x0.detach(), c2w.detach().to(prior.device).float(), cond.detach()))
+            self._batch.append((x0.detach(), c2w.detach().to(prior.device).float(), phi_cond.detach()))
         info = {"t": t.float().mean().item(), "t_range": (t_lo, t_hi), "grad_norm": grad.norm().item()}
         return loss, info
 
@@ -172,8 +185,9 @@ class ScoreDistillation:
 
     def update_estimator(self, generator: torch.Generator | None = None) -> float:
         """cfg.lora_steps_per_iter AdamW steps of the LoRA + camera MLP on the renders stored by `loss` since the
-        last update (all particles), each at its own random t over the whole range [t_min, t_max]:
-        min ‖ε_φ(x_t, t, c, y) − ε‖². Returns the last step's loss."""
+        last update (all particles), each at its own random t in [lora_t_min, lora_t_max]:
+        min ‖ε_φ(x_t, t, c, y) − ε‖², the camera c zeroed on a cfg.camera_dropout share of the steps (so ε_φ
+        also learns the camera-free score, as both references do). Returns the last step's loss."""
         if self.guidance != "vsd" or not self._batch:
             return 0.0
         shape = self._batch[-1][0].shape[1:]
@@ -181,13 +195,14 @@ class ScoreDistillation:
         x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
         self._batch_used = True
         for _ in range(self.cfg.lora_steps_per_iter):
-            t = self._sample_t(x0.shape[0], self.cfg.t_min, self.cfg.t_max, generator)
+            t = self._sample_t(x0.shape[0], self.cfg.lora_t_min, self.cfg.lora_t_max, generator)
             noise = self._noise(x0, generator)
             ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
             x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            dropped = self.cfg.camera_dropout > 0 and self._uniform(generator) < self.cfg.camera_dropout
             self.optimizer.zero_grad(set_to_none=True)
             # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
-            with self._estimator(c2w):
+            with self._estimator(torch.zeros_like(c2w) if dropped else c2w):
                 loss = ((self.prior.unet_eps(x_t, t, cond) - noise) ** 2).mean()
                 loss.backward()
             self.optimizer.step()

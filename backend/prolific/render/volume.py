@@ -143,7 +143,9 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
     light_dir: unit direction toward a directional light, [3] or [B,3] world; None = from each camera.
     jitter: random positions inside each sample's bin (training); None = jitter when nerf.training.
     Returns rgb [B,3,H,W], opacity [B,1,H,W], depth [B,1,H,W] (opacity-normalised distance along the ray,
-    0 where nothing is hit) and, for lambertian/textureless, normal [B,3,H,W] (composited world normals).
+    0 where nothing is hit), weights [B·H·W, S] (each sample's compositing weight) with sampled [B·H·W, S]
+    (where the field was evaluated; elsewhere the weight is 0) for regularisers and, for lambertian/textureless,
+    normal [B,3,H,W] (composited world normals).
     """
     if shading not in SHADINGS:
         raise ValueError(f"Unknown shading '{shading}': use one of {', '.join(SHADINGS)}.")
@@ -205,7 +207,8 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
     def image(v: torch.Tensor) -> torch.Tensor:
         return v.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
 
-    out = {"rgb": image(rgb), "opacity": image(opacity), "depth": image(depth)}
+    out = {"rgb": image(rgb), "opacity": image(opacity), "depth": image(depth), "weights": weights,
+           "sampled": mask}
     if need_normals:
         out["normal"] = image((weights[..., None] * normal.reshape(R, S, 3)).sum(1))
     return out

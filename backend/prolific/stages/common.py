@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..config import JobConfig
-from ..errors import Cancelled
+from ..errors import BadRequest, Cancelled
 from ..events import Reporter
 from ..prior import speed
 from ..prior.vsd import ScoreDistillation
@@ -63,6 +63,16 @@ class StageContext:
 
     def stage_done(self, stage: str) -> bool:
         return checkpoint_done(self.checkpoint_path(stage))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path: Path) -> None:
+    """Restore an optimizer from a checkpoint, with a sentence naming the file when its layout differs (a
+    checkpoint written by an older version, whose parameter groups were different)."""
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as err:
+        raise BadRequest(f"The checkpoint {path} was written by an older version of the backend ({err}): "
+                         "start again in a new output folder.") from None
 
 
 def checkpoint_done(path: Path) -> bool:

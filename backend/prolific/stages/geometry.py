@@ -1,6 +1,6 @@
-"""Stage 2: each particle's surface as a DMTet, initialised from its stage-1 NeRF and refined with SDS on
-normal-map renders (the paper: at mesh scale VSD and SDS differ little), plus normal-consistency and Laplacian
-regularisers against folds, self-intersections and spiky floaters.
+"""Stage 2: each particle's surface as a DMTet, initialised from its stage-1 NeRF (the grid fitted to the
+object's bounding box) and refined with SDS on normal-map renders (the paper: at mesh scale VSD and SDS differ
+little), plus normal-consistency and Laplacian regularisers against folds, self-intersections and spiky floaters.
 """
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import torch
 
+from ..config import GeometryConfig
 from ..errors import BadRequest
-from ..field.dmtet import DMTet, TetGrid, TriMesh, laplacian_smoothness, normal_consistency
+from ..field.dmtet import (DMTet, TetGrid, TriMesh, laplacian_smoothness, normal_consistency, object_box,
+                           vertex_normal_consistency)
 from ..field.texture import nerf_albedo
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
@@ -25,10 +27,11 @@ STAGE = "geometry"
 NORMAL_BACKGROUND = (0.0, 0.0, 0.0)
 
 
-def refine_prior_config(prior_cfg, guidance_scale: float | None = None):
-    """Stages 2 and 3 refine a shape that already exists: the small-t range U(t_min, t_max_annealed) from the
-    first step (threestudio's geometry/texture configs), and the stage's own SDS guidance scale if given."""
-    changes = {"anneal_fraction": 0.0}
+def refine_prior_config(prior_cfg, anneal_fraction: float, guidance_scale: float | None = None):
+    """The prior settings of stages 2 and 3: their own share of steps with the wide t range before
+    U(t_min, t_max_annealed) (threestudio's geometry/texture configs: the first 5000 steps), and the stage's own
+    SDS guidance scale if given."""
+    changes = {"anneal_fraction": anneal_fraction}
     if guidance_scale is not None:
         changes["sds_guidance_scale"] = guidance_scale
     return dataclasses.replace(prior_cfg, **changes)
@@ -44,18 +47,21 @@ def upstream_nerf(ctx: StageContext, inputs: dict | None) -> dict | None:
     return None
 
 
-def initial_dmtet(grid: TetGrid, nerf, threshold: float) -> DMTet:
-    """DMTet at the NeRF's level set σ = threshold; a NeRF that never gets that dense (a faint or collapsed
-    particle) is cut at half its peak density instead, so every particle still gets a surface."""
-    dmtet = DMTet(grid)
-    dmtet.init_from_density(nerf.density, threshold)
-    if not (dmtet.level() < 0).any():
-        with torch.no_grad():
-            peak = float(torch.cat([nerf.density(grid.vertices[i:i + (1 << 18)])
-                                    for i in range(0, grid.vertices.shape[0], 1 << 18)]).max())
+@torch.no_grad()
+def initial_dmtet(grid: TetGrid, nerf, gcfg: GeometryConfig) -> DMTet:
+    """DMTet at the NeRF's level set σ = gcfg.density_threshold, on the grid fitted to the object's bounding box
+    when gcfg.fit_grid; a NeRF that never gets that dense (a faint or collapsed particle) is cut at half its
+    peak density instead, so every particle still gets a surface."""
+    sigma = torch.cat([nerf.density(grid.vertices[i:i + (1 << 18)]).reshape(-1).float()
+                       for i in range(0, grid.vertices.shape[0], 1 << 18)])
+    threshold = gcfg.density_threshold
+    if not (sigma[~grid.boundary] > threshold).any():
+        peak = float(sigma.max())
         print(f"geometry: the NeRF never reaches density {threshold:g} (peak {peak:.3g}); using {peak / 2:.3g}",
               file=sys.stderr)
-        dmtet.init_from_density(nerf.density, peak / 2)
+        threshold = peak / 2
+    dmtet = DMTet(grid, object_box(grid, sigma, threshold) if gcfg.fit_grid else None)
+    dmtet.init_from_density(nerf.density, threshold, gcfg.sdf_init)
     return dmtet
 
 
@@ -68,20 +74,22 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
     if state is not None:
         check_compatible(state, cfg.particles, gcfg.tet_res, ctx.checkpoint_path(STAGE))
         dmtets = [DMTet(grid) for _ in range(cfg.particles)]
-        optimizers = [make_optimizer(d, gcfg.lr) for d in dmtets]
+        optimizers = [make_optimizer(d, gcfg) for d in dmtets]
         for d, opt, saved in zip(dmtets, optimizers, state["particles"]):
-            d.load_state_dict({"sdf": saved["sdf"], "deform": saved["deform"]})
+            # Checkpoints from before the fitted grid hold no box: theirs was the whole cube, DMTet's default.
+            d.load_state_dict({"sdf": saved["sdf"], "deform": saved["deform"], "box": saved.get("box", d.box)})
             opt.load_state_dict(saved["optimizer"])
         set_rng_state(ctx.generator, state["rng"])
         start = min(state["step"], gcfg.steps)
     else:
         if upstream is None:
             raise BadRequest("The geometry stage starts from a finished nerf stage: include it (--stages nerf,...).")
-        dmtets = [initial_dmtet(grid, nerf, gcfg.density_threshold) for nerf in upstream["nerfs"]]
-        optimizers = [make_optimizer(d, gcfg.lr) for d in dmtets]
+        dmtets = [initial_dmtet(grid, nerf, gcfg) for nerf in upstream["nerfs"]]
+        optimizers = [make_optimizer(d, gcfg) for d in dmtets]
     ctx.reporter.step(STAGE, start, gcfg.steps)
     if start < gcfg.steps or state is None:
-        with score_distillation(ctx, refine_prior_config(cfg.prior, gcfg.guidance_scale), "sds", optimizers,
+        prior_cfg = refine_prior_config(cfg.prior, gcfg.anneal_fraction, gcfg.guidance_scale)
+        with score_distillation(ctx, prior_cfg, "sds", optimizers,
                                 state.get("guidance") if state is not None else None) as guidance:
             train(ctx, dmtets, optimizers, guidance, start)
     with torch.no_grad():
@@ -92,8 +100,8 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
     return out
 
 
-def make_optimizer(dmtet: DMTet, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(dmtet.parameters(), lr=lr)
+def make_optimizer(dmtet: DMTet, gcfg: GeometryConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(dmtet.parameters(), lr=gcfg.lr, betas=gcfg.betas, eps=gcfg.eps)
 
 
 def train(ctx: StageContext, dmtets: list[DMTet], optimizers, guidance: ScoreDistillation, start: int) -> None:
@@ -114,12 +122,12 @@ def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guida
         out = render_mesh(raster, mesh.positions, mesh.faces, cameras[k], res, res, shading="normal",
                           background=NORMAL_BACKGROUND)
         images.append(out["rgb"])
-        reg = reg + regularisers(mesh, gcfg.normal_consistency_weight, gcfg.laplacian_weight)
+        reg = reg + regularisers(mesh, gcfg)
     images = torch.cat(images)
     # The distillation loss is a batch mean (per-particle gradients shrink as 1/n), so the regularisers are
     # averaged over the particles too and keep their weight relative to it.
-    loss, _ = guidance.loss(images, cameras.c2w, cameras.directions(), ctx.prompt_emb, step, gcfg.steps,
-                            ctx.generator)
+    loss, _ = guidance.loss(images, cameras.c2w, cameras.prompt_directions(cfg.prior), ctx.prompt_emb, step,
+                            gcfg.steps, ctx.generator)
     loss = loss + reg / len(dmtets)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
@@ -130,10 +138,11 @@ def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guida
     return images.detach()
 
 
-def regularisers(mesh: TriMesh, normal_weight: float, laplacian_weight: float) -> torch.Tensor:
+def regularisers(mesh: TriMesh, gcfg: GeometryConfig) -> torch.Tensor:
     if mesh.faces.shape[0] == 0:
         return mesh.positions.sum() * 0
-    return normal_weight * normal_consistency(mesh) + laplacian_weight * laplacian_smoothness(mesh)
+    consistency = vertex_normal_consistency if gcfg.normal_consistency_on == "vertex" else normal_consistency
+    return gcfg.normal_consistency_weight * consistency(mesh) + gcfg.laplacian_weight * laplacian_smoothness(mesh)
 
 
 def save(ctx: StageContext, dmtets: list[DMTet], optimizers, guidance: ScoreDistillation, step: int) -> Path:
@@ -143,8 +152,8 @@ def save(ctx: StageContext, dmtets: list[DMTet], optimizers, guidance: ScoreDist
         "total": ctx.cfg.geometry.steps,
         "done": step >= ctx.cfg.geometry.steps,
         "tet_res": ctx.cfg.geometry.tet_res,
-        "particles": [{"sdf": d.sdf.detach(), "deform": d.deform.detach(), "optimizer": opt.state_dict()}
-                      for d, opt in zip(dmtets, optimizers)],
+        "particles": [{"sdf": d.sdf.detach(), "deform": d.deform.detach(), "box": d.box,
+                       "optimizer": opt.state_dict()} for d, opt in zip(dmtets, optimizers)],
         "guidance": guidance.state_dict(),
         "rng": rng_state(ctx.generator),
     })

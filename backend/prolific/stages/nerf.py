@@ -2,7 +2,8 @@
 
 Every particle has its own NeRF, background, occupancy grid and Adam optimizer; all share one score estimator
 (the LoRA ε_φ learns the distribution of all particles' renders). One iteration renders every particle from its
-own random camera, takes one particle step on the distillation loss, then one estimator step (PAPER.md).
+own random camera, takes one particle step on the distillation loss plus the opacity regularisers, then one
+estimator step (PAPER.md).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from ..field.nerf import Background, NeRF
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import orbit_cameras, sample_cameras, sample_light_dirs
 from ..render.volume import OccupancyGrid, render_nerf
-from .common import StageContext, rng_state, run_steps, save_png, score_distillation, set_rng_state
+from .common import (StageContext, load_optimizer_state, rng_state, run_steps, save_png, score_distillation,
+                     set_rng_state)
 
 STAGE = "nerf"
 SHADINGS = ("albedo", "lambertian", "textureless")
@@ -40,15 +42,51 @@ def resolution_at(cfg: NerfConfig, step: int) -> int:
 def make_particle(cfg: NerfConfig, device: torch.device) -> Particle:
     nerf = NeRF(cfg, device=device)
     background = Background(cfg).to(device)
-    # Adam with a tiny eps as Instant-NGP uses for hash tables: rarely touched entries still move.
-    params = list(nerf.parameters()) + list(background.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
     occupancy = OccupancyGrid(cfg.occupancy_res, cfg.bound, cfg.occupancy_threshold).to(device)
-    return Particle(nerf, background, occupancy, optimizer)
+    return Particle(nerf, background, occupancy, make_optimizer(cfg, nerf, background))
+
+
+def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background) -> torch.optim.Optimizer:
+    """Adam over the hash table (cfg.lr), the MLP (cfg.mlp_lr) and the background (cfg.background_lr), with a
+    tiny eps as Instant-NGP uses for hash tables (rarely touched entries still move) and the betas of both
+    references."""
+    groups = [{"params": list(nerf.encoding.parameters()), "lr": cfg.lr},
+              {"params": list(nerf.mlp.parameters()), "lr": cfg.mlp_lr},
+              {"params": list(background.parameters()), "lr": cfg.background_lr}]
+    return torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.99), eps=1e-15)
+
+
+def regularisers(renders: list[dict], cfg: NerfConfig, step: int) -> torch.Tensor:
+    """The opacity regularisers of one step's renders (render_nerf's outputs), batch means like the
+    distillation loss: sparsity mean √(o² + 0.01) pulls every pixel's opacity down (fog, floaters); the opacity
+    BCE −o·log o − (1−o)·log(1−o), from step opacity_start_fraction·steps on, pushes each pixel to fully empty
+    or fully opaque, so a faint floater goes and the opaque object stays; the official code's entropy does the
+    same per sample, over the samples the field was evaluated at."""
+    opacity = torch.cat([r["opacity"] for r in renders])
+    loss = opacity.new_zeros(())
+    if cfg.sparsity_weight > 0:
+        loss = loss + cfg.sparsity_weight * (opacity ** 2 + 0.01).sqrt().mean()
+    if cfg.opacity_weight > 0 and step >= cfg.opacity_start_fraction * cfg.steps:
+        o = opacity.clamp(1e-3, 1 - 1e-3)  # threestudio's clamp
+        loss = loss + cfg.opacity_weight * -(o * o.log() + (1 - o) * (1 - o).log()).mean()
+    if cfg.entropy_weight > 0:
+        w = torch.cat([r["weights"][r["sampled"]] for r in renders])
+        if w.numel() > 0:
+            w = w.clamp(1e-5, 1 - 1e-5)  # the official code's clamp
+            loss = loss + cfg.entropy_weight * -(w * w.log2() + (1 - w) * (1 - w).log2()).mean()
+    return loss
+
+
+def _uniform(generator: torch.Generator) -> float:
+    return torch.rand((), generator=generator, device=generator.device).item()
+
+
+def _random_colour(generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(3, generator=generator, device=generator.device).to(device)
 
 
 def pick_shading(probabilities: tuple[float, float, float], generator: torch.Generator) -> str:
-    u = torch.rand((), generator=generator, device=generator.device).item()
+    u = _uniform(generator)
     cumulative = 0.0
     for name, p in zip(SHADINGS, probabilities):
         cumulative += p
@@ -70,7 +108,7 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
     start = 0
     if state is not None:
         check_compatible(state, cfg, ctx.checkpoint_path(STAGE))
-        load_particles(state, particles)
+        load_particles(state, particles, ctx.checkpoint_path(STAGE))
         set_rng_state(ctx.generator, state["rng"])
         start = min(state["step"], ncfg.steps)
     ctx.reporter.step(STAGE, start, ncfg.steps)
@@ -108,16 +146,21 @@ def train_step(ctx: StageContext, particles: list[Particle], estimator: ScoreDis
     res = resolution_at(ncfg, step)
     cameras = sample_cameras(len(particles), ncfg, ctx.generator, ctx.device)
     lights = sample_light_dirs(cameras, ctx.generator)
-    images = []
+    # Both references: on a random half of the steps each render gets a random solid colour behind it (both
+    # branches of VSD see that image), so the object cannot hide in the background.
+    solid = ncfg.random_background > 0 and _uniform(ctx.generator) < ncfg.random_background
+    renders = []
     for k, p in enumerate(particles):
-        out = render_nerf(p.nerf, p.background, cameras[k], res, res,
+        background = _random_colour(ctx.generator, ctx.device) if solid else p.background
+        out = render_nerf(p.nerf, background, cameras[k], res, res,
                           shading=pick_shading(ncfg.shading, ctx.generator), occupancy=p.occupancy,
                           samples_per_ray=ncfg.samples_per_ray, light_dir=lights[k:k + 1],
                           generator=ctx.generator)
-        images.append(out["rgb"])
-    images = torch.cat(images)
-    loss, _ = estimator.loss(images, cameras.c2w, cameras.directions(), ctx.prompt_emb, step, ncfg.steps,
-                             ctx.generator)
+        renders.append(out)
+    images = torch.cat([r["rgb"] for r in renders])
+    loss, _ = estimator.loss(images, cameras.c2w, cameras.prompt_directions(ctx.cfg.prior), ctx.prompt_emb, step,
+                             ncfg.steps, ctx.generator)
+    loss = loss + regularisers(renders, ncfg, step)
     for p in particles:
         p.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -151,12 +194,12 @@ def check_compatible(state: dict, cfg: JobConfig, path: Path) -> None:
                          f"{cfg.prior.guidance}: resume with the same guidance or use a new output folder.")
 
 
-def load_particles(state: dict, particles: list[Particle]) -> None:
+def load_particles(state: dict, particles: list[Particle], path: Path) -> None:
     for p, saved in zip(particles, state["particles"]):
         p.nerf.load_state_dict(saved["nerf"])
         p.background.load_state_dict(saved["background"])
         p.occupancy.load_state_dict(saved["occupancy"])
-        p.optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(p.optimizer, saved["optimizer"], path)
 
 
 def write_turntable(ctx: StageContext, particle: Particle, folder: Path, again: bool = True) -> list[Path]:

@@ -1,14 +1,17 @@
-"""Stage 3: geometry fixed, each particle's albedo field optimised with VSD (or SDS) on rasterised renders.
+"""Stage 3: geometry fixed, each particle's albedo field (and its stage-1 background) optimised with VSD (or
+SDS) on rasterised renders.
 
 All particles share one score estimator, as in stage 1. Each field first copies its NeRF's albedo on the
 surface, so the stage refines stage 1's colours rather than starting from grey.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
+from ..config import TextureConfig
 from ..errors import BadRequest
 from ..field.dmtet import TriMesh
 from ..field.texture import AlbedoField
@@ -16,7 +19,7 @@ from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .common import StageContext, rng_state, run_steps, score_distillation, set_rng_state
+from .common import StageContext, load_optimizer_state, rng_state, run_steps, score_distillation, set_rng_state
 from .geometry import refine_prior_config
 
 STAGE = "texture"
@@ -48,21 +51,32 @@ def frozen(background):
     return colour
 
 
+def stage_backgrounds(tcfg: TextureConfig, upstream: list) -> list:
+    """What each particle's renders are composited on: a copy of its stage-1 background that goes on training
+    (tcfg.train_background), or that background frozen; white where there is none."""
+    if not tcfg.train_background:
+        return [frozen(b) for b in upstream]
+    return [WHITE if b is None else copy.deepcopy(b).requires_grad_(True) for b in upstream]
+
+
 def run(ctx: StageContext, inputs: dict | None = None) -> dict:
     cfg, tcfg = ctx.cfg, ctx.cfg.texture
     geo = upstream_geometry(ctx, inputs)
     meshes: list[TriMesh] = geo["meshes"]
     fields = [AlbedoField(cfg.nerf, ctx.device) for _ in meshes]
-    optimizers = [make_optimizer(f, tcfg.lr) for f in fields]
+    backgrounds = stage_backgrounds(tcfg, geo.get("backgrounds") or [None] * len(fields))
+    optimizers = [make_optimizer(f, b, tcfg) for f, b in zip(fields, backgrounds)]
     state = ctx.load_checkpoint(STAGE)
     start = 0
     if state is not None:
         if len(state["particles"]) != len(fields):
             raise BadRequest(f"The checkpoint {ctx.checkpoint_path(STAGE)} holds {len(state['particles'])} "
                              f"particle(s) but the job asks for {len(fields)}: use a new output folder.")
-        for f, opt, saved in zip(fields, optimizers, state["particles"]):
+        for f, b, opt, saved in zip(fields, backgrounds, optimizers, state["particles"]):
             f.load_state_dict(saved["field"])
-            opt.load_state_dict(saved["optimizer"])
+            if isinstance(b, torch.nn.Module) and "background" in saved:
+                b.load_state_dict(saved["background"])
+            load_optimizer_state(opt, saved["optimizer"], ctx.checkpoint_path(STAGE))
         set_rng_state(ctx.generator, state["rng"])
         start = min(state["step"], tcfg.steps)
     else:
@@ -72,18 +86,22 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
                 f.fit(nerf_albedo, points, min(INIT_FIT_STEPS, tcfg.steps), generator=ctx.generator)
     ctx.reporter.step(STAGE, start, tcfg.steps)
     if start < tcfg.steps or state is None:
-        with score_distillation(ctx, refine_prior_config(cfg.prior), tcfg.guidance, optimizers,
-                                state.get("guidance") if state is not None else None) as guidance:
-            backgrounds = [frozen(b) for b in geo.get("backgrounds") or [None] * len(fields)]
+        with score_distillation(ctx, refine_prior_config(cfg.prior, tcfg.anneal_fraction), tcfg.guidance,
+                                optimizers, state.get("guidance") if state is not None else None) as guidance:
             train(ctx, meshes, fields, optimizers, backgrounds, guidance, start)
     for f in fields:
         f.requires_grad_(False)
     return {"meshes": meshes, "textures": fields, "checkpoint": ctx.checkpoint_path(STAGE)}
 
 
-def make_optimizer(field: AlbedoField, lr: float) -> torch.optim.Optimizer:
-    # Tiny eps as Instant-NGP uses for hash tables, as in stage 1.
-    return torch.optim.Adam(field.parameters(), lr=lr, betas=(0.9, 0.99), eps=1e-15)
+def make_optimizer(field: AlbedoField, background, tcfg: TextureConfig) -> torch.optim.Optimizer:
+    """Adam over the hash table (tcfg.lr), the colour MLP (tcfg.mlp_lr) and a trained background
+    (tcfg.background_lr); tiny eps as Instant-NGP uses for hash tables, as in stage 1."""
+    groups = [{"params": list(field.encoding.parameters()), "lr": tcfg.lr},
+              {"params": list(field.mlp.parameters()), "lr": tcfg.mlp_lr}]
+    if isinstance(background, torch.nn.Module):
+        groups.append({"params": list(background.parameters()), "lr": tcfg.background_lr})
+    return torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.99), eps=1e-15)
 
 
 def train(ctx: StageContext, meshes, fields, optimizers, backgrounds, guidance: ScoreDistillation,
@@ -99,8 +117,8 @@ def train(ctx: StageContext, meshes, fields, optimizers, backgrounds, guidance: 
                         shading="albedo", normals=normals[k], albedo_fn=fields[k], background=backgrounds[k],
                         antialias=False)["rgb"]
             for k, m in enumerate(meshes)])
-        loss, _ = guidance.loss(images, cameras.c2w, cameras.directions(), ctx.prompt_emb, step, tcfg.steps,
-                                ctx.generator)
+        loss, _ = guidance.loss(images, cameras.c2w, cameras.prompt_directions(ctx.cfg.prior), ctx.prompt_emb,
+                                step, tcfg.steps, ctx.generator)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         if loss.requires_grad:
@@ -110,16 +128,23 @@ def train(ctx: StageContext, meshes, fields, optimizers, backgrounds, guidance: 
         guidance.update_estimator(ctx.generator)
         return images
 
-    run_steps(ctx, STAGE, tcfg, start, step_fn, lambda done: save(ctx, fields, optimizers, guidance, done))
+    run_steps(ctx, STAGE, tcfg, start, step_fn,
+              lambda done: save(ctx, fields, backgrounds, optimizers, guidance, done))
 
 
-def save(ctx: StageContext, fields, optimizers, guidance: ScoreDistillation, step: int) -> Path:
+def save(ctx: StageContext, fields, backgrounds, optimizers, guidance: ScoreDistillation, step: int) -> Path:
+    particles = []
+    for f, b, opt in zip(fields, backgrounds, optimizers):
+        saved = {"field": f.state_dict(), "optimizer": opt.state_dict()}
+        if isinstance(b, torch.nn.Module):
+            saved["background"] = b.state_dict()
+        particles.append(saved)
     return ctx.save_checkpoint(STAGE, {
         "stage": STAGE,
         "step": step,
         "total": ctx.cfg.texture.steps,
         "done": step >= ctx.cfg.texture.steps,
-        "particles": [{"field": f.state_dict(), "optimizer": opt.state_dict()} for f, opt in zip(fields, optimizers)],
+        "particles": particles,
         "guidance": guidance.state_dict(),
         "rng": rng_state(ctx.generator),
     })

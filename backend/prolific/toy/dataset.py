@@ -28,6 +28,9 @@ P_SHAPE_ONLY = 0.05  # "a cube"
 P_NO_SUFFIX = 0.15  # prompts without the view suffix (view_dependent_prompt off)
 P_FLAT = 0.15  # flat albedo instead of lambertian shading
 ALBEDO_JITTER = 0.03
+# The view sectors of the captions (front/back within ±45° of azimuth 0/180, overhead above 60°): what the bundled
+# prior was trained with, so the demo preset asks it with the same ones.
+CAPTION_SECTORS_DEG = (45.0, 45.0, 60.0)
 
 
 @dataclass
@@ -66,7 +69,8 @@ class ToyData:
         shaded = rand(n) >= P_FLAT
         kind, suffix = rand(n).tolist(), rand(n).tolist()
         captions = []
-        for s, c, k, u, d in zip(shapes, colours, kind, suffix, cameras.directions()):
+        directions = cameras.directions(*CAPTION_SECTORS_DEG)
+        for s, c, k, u, d in zip(shapes, colours, kind, suffix, directions):
             if k < P_COLOUR_ONLY:
                 text = caption(OBJECT_WORD, c)
             elif k < P_COLOUR_ONLY + P_SHAPE_ONLY:
