@@ -126,3 +126,14 @@ def test_light_dirs_stay_near_the_camera():
     back = cams.position / cams.position.norm(dim=-1, keepdim=True)
     assert torch.allclose(light.norm(dim=-1), torch.ones(16), atol=1e-5)
     assert (light * back).sum(-1).min() > 0.3
+
+
+def test_turntables_look_from_the_middle_of_the_training_cameras():
+    from prolific.config import NerfConfig
+    from prolific.render.cameras import turntable_cameras
+
+    cfg = NerfConfig()
+    cams = turntable_cameras(8, cfg)
+    assert torch.allclose(cams.distance, torch.full((8,), sum(cfg.camera_distance) / 2))
+    assert torch.allclose(torch.rad2deg(cams.fov_y), torch.full((8,), sum(cfg.fov_deg) / 2))
+    assert torch.allclose(cams.elevation, torch.full((8,), 15.0)) and cams.azimuth[0].item() == 0.0

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .. import __version__
 from ..field.dmtet import TriMesh
-from ..render.cameras import orbit_cameras
+from ..render.cameras import turntable_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
 from ..stages.common import save_png
@@ -25,7 +25,6 @@ from .formats import write_glb, write_obj
 from .seams import weld
 from .unwrap import unwrap
 
-TURNTABLE_ELEVATION_DEG, TURNTABLE_DISTANCE, TURNTABLE_FOV_DEG = 15.0, 1.75, 55.0
 TURNTABLE_SIZE = 256
 GREY = 0.8  # albedo of an object exported without any colour source (no stage-1 field at hand)
 
@@ -103,7 +102,7 @@ def export_objects(ctx, meshes: Sequence[TriMesh], textures: Sequence[Callable[[
 def write_turntable(ctx, raster, positions, faces, uv, image, normals, folder: Path) -> list[Path]:
     """Lit renders of the exported mesh with its baked texture (what Blender will show), turntable_<i>.png."""
     n = ctx.cfg.export.turntable_views
-    cameras = orbit_cameras(n, TURNTABLE_ELEVATION_DEG, TURNTABLE_DISTANCE, TURNTABLE_FOV_DEG, ctx.device)
+    cameras = turntable_cameras(n, ctx.cfg.nerf, ctx.device)
     paths = []
     for i in range(n):
         out = render_mesh(raster, positions, faces, cameras[i], TURNTABLE_SIZE, TURNTABLE_SIZE, shading="lambertian",

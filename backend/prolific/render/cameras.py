@@ -168,6 +168,12 @@ def orbit_cameras(n: int, elevation_deg: float = 15.0, distance: float = 2.0, fo
     return cameras_from_angles(full * elevation_deg, azimuth, full * distance, full * fov_deg).to(device)
 
 
+def turntable_cameras(n: int, cfg: NerfConfig, device: torch.device | str = "cpu") -> Cameras:
+    """The turntable of previews and exports: n views at 15° elevation from the middle of the training cameras'
+    distance and field of view, so an object is framed as stage 1 saw it."""
+    return orbit_cameras(n, 15.0, sum(cfg.camera_distance) / 2, sum(cfg.fov_deg) / 2, device)
+
+
 def sample_light_dirs(cameras: Cameras, generator: torch.Generator | None = None,
                       spread: float = 0.5) -> torch.Tensor:
     """Unit directions toward a light near each camera [B,3]: the camera direction plus Gaussian noise of std

@@ -16,14 +16,13 @@ from ..config import JobConfig, NerfConfig
 from ..errors import BadRequest
 from ..field.nerf import Background, NeRF
 from ..prior.vsd import ScoreDistillation
-from ..render.cameras import orbit_cameras, sample_cameras, sample_light_dirs
+from ..render.cameras import sample_cameras, sample_light_dirs, turntable_cameras
 from ..render.volume import OccupancyGrid, render_nerf
 from .common import (StageContext, load_optimizer_state, rng_state, run_steps, save_png, score_distillation,
                      set_rng_state)
 
 STAGE = "nerf"
 SHADINGS = ("albedo", "lambertian", "textureless")
-TURNTABLE_ELEVATION_DEG = 15.0
 
 
 @dataclass
@@ -210,9 +209,7 @@ def write_turntable(ctx: StageContext, particle: Particle, folder: Path, again: 
     paths = [folder / f"turntable_{i}.png" for i in range(n)]
     if not again and all(p.exists() for p in paths):
         return paths
-    distance = sum(ncfg.camera_distance) / 2
-    fov = sum(ncfg.fov_deg) / 2
-    cameras = orbit_cameras(n, TURNTABLE_ELEVATION_DEG, distance, fov, ctx.device)
+    cameras = turntable_cameras(n, ncfg, ctx.device)
     res = ncfg.resolutions[-1]
     with torch.no_grad():
         for i, path in enumerate(paths):
