@@ -18,8 +18,8 @@ from ..field.nerf import Background, NeRF
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras, sample_light_dirs, turntable_cameras
 from ..render.volume import OccupancyGrid, render_nerf
-from .common import (StageContext, load_optimizer_state, rng_state, run_steps, save_png, score_distillation,
-                     set_rng_state)
+from .common import (StageContext, field_optimizer, load_optimizer_state, rng_state, run_steps, save_png,
+                     score_distillation, set_rng_state)
 
 STAGE = "nerf"
 SHADINGS = ("albedo", "lambertian", "textureless")
@@ -46,13 +46,7 @@ def make_particle(cfg: NerfConfig, device: torch.device) -> Particle:
 
 
 def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background) -> torch.optim.Optimizer:
-    """Adam over the hash table (cfg.lr), the MLP (cfg.mlp_lr) and the background (cfg.background_lr), with a
-    tiny eps as Instant-NGP uses for hash tables (rarely touched entries still move) and the betas of both
-    references."""
-    groups = [{"params": list(nerf.encoding.parameters()), "lr": cfg.lr},
-              {"params": list(nerf.mlp.parameters()), "lr": cfg.mlp_lr},
-              {"params": list(background.parameters()), "lr": cfg.background_lr}]
-    return torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.99), eps=1e-15)
+    return field_optimizer(nerf, background, cfg.lr, cfg.mlp_lr, cfg.background_lr)
 
 
 def regularisers(renders: list[dict], cfg: NerfConfig, step: int) -> torch.Tensor:

@@ -19,7 +19,8 @@ from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .common import StageContext, load_optimizer_state, rng_state, run_steps, score_distillation, set_rng_state
+from .common import (StageContext, field_optimizer, load_optimizer_state, rng_state, run_steps, score_distillation,
+                     set_rng_state)
 from .geometry import refine_prior_config
 
 STAGE = "texture"
@@ -95,13 +96,7 @@ def run(ctx: StageContext, inputs: dict | None = None) -> dict:
 
 
 def make_optimizer(field: AlbedoField, background, tcfg: TextureConfig) -> torch.optim.Optimizer:
-    """Adam over the hash table (tcfg.lr), the colour MLP (tcfg.mlp_lr) and a trained background
-    (tcfg.background_lr); tiny eps as Instant-NGP uses for hash tables, as in stage 1."""
-    groups = [{"params": list(field.encoding.parameters()), "lr": tcfg.lr},
-              {"params": list(field.mlp.parameters()), "lr": tcfg.mlp_lr}]
-    if isinstance(background, torch.nn.Module):
-        groups.append({"params": list(background.parameters()), "lr": tcfg.background_lr})
-    return torch.optim.Adam([g for g in groups if g["params"]], betas=(0.9, 0.99), eps=1e-15)
+    return field_optimizer(field, background, tcfg.lr, tcfg.mlp_lr, tcfg.background_lr)
 
 
 def train(ctx: StageContext, meshes, fields, optimizers, backgrounds, guidance: ScoreDistillation,
