@@ -192,9 +192,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Toy-specific: its captions' view sectors are ±45° (toy/dataset.py) and it only saw white backdrops, so a
     # random solid background would pull fog over the object to whiten it.
     "demo": {
-        # CFG 2: the retrained toy prior's samples pass 3/10 held-out checks at 2 and none at 3 or 5 (higher scales
-        # tint the background), and its red cube scored silhouette IoU 0.39 at 2 vs 0.23 at 5 (bench_results).
-        "prior": {"guidance_scale": 2.0, "front_half_width_deg": 45.0, "back_half_width_deg": 45.0},
+        # The paper's CFG 7.5 suits the 10k-step toy prior too: VSD silhouette IoU 0.46 at 7.5, 0.45 at 5, 0.35 at
+        # 2, and at 1 the NeRF fades away in 200 steps (bench_results/2026-12-01_h200_quality_cfg_sweep). Its view
+        # sectors are the ±45° it was trained with.
+        "prior": {"front_half_width_deg": 45.0, "back_half_width_deg": 45.0},
         "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "hash_levels": 8,
                  "hash_log2_size": 15, "hash_max_res": 256, "samples_per_ray": 32, "occupancy_res": 32,
                  "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
