@@ -20,7 +20,7 @@ from prolific.export.seams import split_at_seams, weld
 from prolific.export.unwrap import unwrap
 from prolific.field.dmtet import DMTet, TetGrid, TriMesh
 from prolific.render.raster import TorchRasterizer
-from prolific.stages.common import StageContext
+from prolific.stages.context import StageContext
 
 CENTRE = torch.tensor([0.1, 0.0, -0.05])
 

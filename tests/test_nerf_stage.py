@@ -137,10 +137,11 @@ def test_random_solid_backgrounds_replace_the_learned_one_on_their_share_of_step
                               prompt_emb=None)
         particle = nerf_stage.make_particle(cfg.nerf, ctx.device)
         nerf_stage.update_occupancy([particle], ctx.generator)  # empty corners: nothing but the background
+        optimizer = nerf_stage.make_optimizer(cfg.nerf, particle.nerf, particle.background)
         recorder, solid = Recorder(), []
         for step in range(40):
             state = ctx.generator.get_state()
-            nerf_stage.train_step(ctx, [particle], recorder, step)
+            nerf_stage.train_step(ctx, [particle], [optimizer], recorder, step)
             after = ctx.generator.get_state()
             ctx.generator.set_state(state)  # replay the step's cameras
             cameras = sample_cameras(1, cfg.nerf, ctx.generator)
@@ -161,7 +162,8 @@ def test_the_learning_rates_follow_the_references():
 
     cfg = make_config("x", "test")
     particle = nerf_stage.make_particle(cfg.nerf, torch.device("cpu"))
-    lrs = {id(p): g["lr"] for g in particle.optimizer.param_groups for p in g["params"]}
+    optimizer = nerf_stage.make_optimizer(cfg.nerf, particle.nerf, particle.background)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     assert {lrs[id(p)] for p in particle.nerf.encoding.parameters()} == {1e-2}
     assert {lrs[id(p)] for p in particle.nerf.mlp.parameters()} == {1e-3}
     assert {lrs[id(p)] for p in particle.background.parameters()} == {1e-3}

@@ -19,7 +19,7 @@ from ..field.dmtet import TriMesh
 from ..render.cameras import turntable_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from ..stages.common import save_png
+from ..stages.context import save_png
 from .bake import bake_texture
 from .formats import write_glb, write_obj
 from .seams import weld
