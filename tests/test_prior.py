@@ -9,7 +9,7 @@ import torch
 
 from prolific.errors import ModelNotFound
 from prolific.prior.diffusion import VIEW_SUFFIXES, load_prior
-from prolific.prior.tokenizer import build_word_tokenizer
+from prolific.toy.tokenizer import build_word_tokenizer
 
 CPU = torch.device("cpu")
 

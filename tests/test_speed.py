@@ -17,6 +17,7 @@ from prolific.bench.stage1 import bench_context, build_variant, particle_paramet
 from prolific.config import make_config
 from prolific.prior import speed
 from prolific.prior.speed import SpeedOptions
+from prolific.speed_options import best_options
 from prolific.stages import nerf as nerf_stage
 
 REL_TOL = 1e-4
@@ -156,7 +157,7 @@ def test_option_parsing():
     opts = SpeedOptions.parse("bf16,cudagraphs,batch,fused-adam")
     assert opts.bf16 and opts.batch and opts.fused_adam and opts.compile == "reduce-overhead"
     assert not opts.tf32 and not opts.sdpa
-    assert SpeedOptions.parse("best") == speed.best_options()
+    assert SpeedOptions.parse("best") == best_options()
     assert SpeedOptions.parse(opts.label()) == opts
     import pytest
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadRequest
+from .speed_options import SpeedOptions
 
 STAGES = ("nerf", "geometry", "texture")
 GUIDANCES = ("vsd", "sds")
@@ -235,6 +236,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 _SECTIONS = {"prior": PriorConfig, "nerf": NerfConfig, "geometry": GeometryConfig, "texture": TextureConfig,
              "export": ExportConfig}
+SECTIONS = tuple(_SECTIONS)  # as requests and --set name them
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -399,8 +401,6 @@ def _validate(cfg: JobConfig) -> None:
     _require(p.dtype in ("auto", "fp32", "fp16", "bf16"), f"Unknown dtype '{p.dtype}': use auto, fp32, fp16 or bf16.")
     _require(isinstance(p.speed, str), "prior.speed must be text such as auto, none or sdpa,batch.")
     if p.speed != "auto":
-        from .prior.speed import SpeedOptions  # torch-free until someone sets it
-
         SpeedOptions.parse(p.speed)  # BadRequest naming the unknown switch
     n = cfg.nerf
     for name, section in (("nerf", n), ("geometry", cfg.geometry), ("texture", cfg.texture)):

@@ -135,7 +135,7 @@ def warn_unknown_words(prior, prompt: str, reporter: Reporter) -> None:
     """The bundled toy prior knows a handful of words (prior/bundled.py): say which of the prompt's it does not."""
     from .prior.bundled import BUNDLED_MODEL_DIR, unknown_words_warning
 
-    warning = unknown_words_warning(prompt) if Path(prior.source) == BUNDLED_MODEL_DIR else None
+    warning = unknown_words_warning(prompt, prior.tokenizer) if Path(prior.source) == BUNDLED_MODEL_DIR else None
     if warning:
         reporter.warn("unknown_words", warning)
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .. import __version__
-from ..field.dmtet import TriMesh
+from ..field.trimesh import TriMesh
 from ..render.cameras import turntable_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer

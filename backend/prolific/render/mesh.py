@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..field.dmtet import TriMesh
+from ..field.trimesh import TriMesh
 from .cameras import Cameras
 from .raster import Rasterizer
 

@@ -11,8 +11,8 @@ import torch
 
 from ..config import GeometryConfig
 from ..errors import BadRequest
-from ..field.dmtet import (DMTet, TetGrid, TriMesh, laplacian_smoothness, normal_consistency, object_box,
-                           vertex_normal_consistency)
+from ..field.dmtet import DMTet, TetGrid, object_box
+from ..field.trimesh import TriMesh, laplacian_smoothness, normal_consistency, vertex_normal_consistency
 from ..field.texture import nerf_albedo
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras

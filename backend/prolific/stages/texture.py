@@ -13,7 +13,7 @@ import torch
 
 from ..config import TextureConfig
 from ..errors import BadRequest
-from ..field.dmtet import TriMesh
+from ..field.trimesh import TriMesh
 from ..field.texture import AlbedoField
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
