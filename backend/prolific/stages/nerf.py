@@ -16,13 +16,13 @@ from ..config import NerfConfig
 from ..field.nerf import Background, NeRF
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras, sample_light_dirs, turntable_cameras
+from ..render.shading import SHADINGS
 from ..render.volume import OccupancyGrid, render_nerf
 from .context import StageContext, save_png
 from .optimizers import field_optimizer, load_optimizer_state
 from .runner import Guidance
 
 STAGE = "nerf"
-SHADINGS = ("albedo", "lambertian", "textureless")
 
 
 @dataclass
