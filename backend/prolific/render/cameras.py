@@ -21,20 +21,6 @@ def wrap_azimuth(azimuth_deg: torch.Tensor) -> torch.Tensor:
     return torch.remainder(azimuth_deg + 180.0, 360.0) - 180.0
 
 
-def view_direction(elevation_deg: float, azimuth_deg: float, front_deg: float, back_deg: float,
-                   overhead_deg: float) -> str:
-    """The prompt's view suffix for a camera: "overhead" above `overhead_deg` elevation, else "front" within
-    ±front_deg of azimuth 0, "back" within ±back_deg of azimuth 180, "side" between."""
-    if elevation_deg > overhead_deg:
-        return "overhead"
-    az = (azimuth_deg + 180.0) % 360.0 - 180.0
-    if abs(az) < front_deg:
-        return "front"
-    if abs(az) > 180.0 - back_deg:
-        return "back"
-    return "side"
-
-
 @dataclass
 class Cameras:
     """A batch of B pinhole cameras looking at the origin. Square or not, fov_y is the vertical field of view."""
@@ -111,16 +97,6 @@ class Cameras:
         """World → OpenGL clip space [B,4,4]: after the divide by w, x right and y UP in [-1,1], so clip y=+1 is
         image row 0 of `rays`. (nvdiffrast's rast row 0 is y=-1: flip its rows to match renders.)"""
         return self.projection(near, far, aspect) @ self.w2c()
-
-    def directions(self, front_deg: float, back_deg: float, overhead_deg: float) -> list[str]:
-        """View suffix name per camera ("front", "side", "back", "overhead"), sectors as in `view_direction`."""
-        return [view_direction(float(e), float(a), front_deg, back_deg, overhead_deg)
-                for e, a in zip(self.elevation.tolist(), self.azimuth.tolist())]
-
-    def prompt_directions(self, prior_cfg) -> list[str]:
-        """`directions` with the view sectors of a PriorConfig."""
-        return self.directions(prior_cfg.front_half_width_deg, prior_cfg.back_half_width_deg,
-                               prior_cfg.overhead_elevation_deg)
 
 
 def cameras_from_angles(elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor, distance: torch.Tensor,

@@ -14,6 +14,7 @@ from ..errors import BadRequest
 from ..field.dmtet import DMTet, TetGrid, object_box
 from ..field.trimesh import TriMesh, laplacian_smoothness, normal_consistency, vertex_normal_consistency
 from ..field.texture import nerf_albedo
+from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
@@ -115,8 +116,8 @@ def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guida
     images = torch.cat(images)
     # The distillation loss is a batch mean (per-particle gradients shrink as 1/n), so the regularisers are
     # averaged over the particles too and keep their weight relative to it.
-    loss, _ = guidance.loss(images, cameras.c2w, cameras.prompt_directions(cfg.prior), ctx.prompt_emb, step,
-                            gcfg.steps, ctx.generator)
+    directions = ViewSectors.of(cfg.prior).directions(cameras)
+    loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, gcfg.steps, ctx.generator)
     loss = loss + reg / len(dmtets)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)

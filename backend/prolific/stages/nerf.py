@@ -14,6 +14,7 @@ import torch
 
 from ..config import NerfConfig
 from ..field.nerf import Background, NeRF
+from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras, sample_light_dirs, turntable_cameras
 from ..render.shading import SHADINGS
@@ -133,7 +134,8 @@ class NerfStage:
 
     def outputs(self, trained: bool) -> dict:
         ctx = self.ctx
-        turntables = [write_turntable(ctx, p, ctx.object_dir(k), again=trained) for k, p in enumerate(self.particles)]
+        turntables = [write_turntable(ctx, p, ctx.object_dir(k), again=trained)
+                      for k, p in enumerate(self.particles)]
         return {"nerfs": [p.nerf for p in self.particles], "backgrounds": [p.background for p in self.particles],
                 "occupancy": [p.occupancy for p in self.particles], "checkpoint": ctx.checkpoint_path(STAGE),
                 "turntables": turntables}
@@ -157,8 +159,8 @@ def train_step(ctx: StageContext, particles: list[Particle], optimizers: list, e
                           generator=ctx.generator)
         renders.append(out)
     images = torch.cat([r["rgb"] for r in renders])
-    loss, _ = estimator.loss(images, cameras.c2w, cameras.prompt_directions(ctx.cfg.prior), ctx.prompt_emb, step,
-                             ncfg.steps, ctx.generator)
+    directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
+    loss, _ = estimator.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, ncfg.steps, ctx.generator)
     loss = loss + regularisers(renders, ncfg, step)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)

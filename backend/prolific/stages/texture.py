@@ -15,6 +15,7 @@ from ..config import TextureConfig
 from ..errors import BadRequest
 from ..field.trimesh import TriMesh
 from ..field.texture import AlbedoField
+from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
@@ -119,8 +120,8 @@ def train_step(ctx: StageContext, raster, meshes: list[TriMesh], normals: list, 
         render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution, shading="albedo",
                     normals=normals[k], albedo_fn=fields[k], background=backgrounds[k], antialias=False)["rgb"]
         for k, m in enumerate(meshes)])
-    loss, _ = guidance.loss(images, cameras.c2w, cameras.prompt_directions(ctx.cfg.prior), ctx.prompt_emb, step,
-                            tcfg.steps, ctx.generator)
+    directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
+    loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, tcfg.steps, ctx.generator)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     if loss.requires_grad:

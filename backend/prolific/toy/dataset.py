@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..config import NerfConfig
-from ..prior.diffusion import VIEW_SUFFIXES
+from ..prior.prompts import VIEW_SUFFIXES, ViewSectors
 from ..render.cameras import Cameras, sample_cameras, sample_light_dirs
 from .render import render
 from .shapes import OBJECT_WORD, PALETTE, caption, training_pairs
@@ -69,7 +69,7 @@ class ToyData:
         shaded = rand(n) >= P_FLAT
         kind, suffix = rand(n).tolist(), rand(n).tolist()
         captions = []
-        directions = cameras.directions(*CAPTION_SECTORS_DEG)
+        directions = ViewSectors(*CAPTION_SECTORS_DEG).directions(cameras)
         for s, c, k, u, d in zip(shapes, colours, kind, suffix, directions):
             if k < P_COLOUR_ONLY:
                 text = caption(OBJECT_WORD, c)
