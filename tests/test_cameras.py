@@ -16,7 +16,7 @@ def _cams(elevations, azimuths, distance=2.0, fov=50.0):
 
 
 def test_c2w_is_orthonormal_right_handed_and_looks_at_origin():
-    cfg = make_config("x", "test").nerf
+    cfg = make_config("x", "test").cameras
     cams = sample_cameras(64, cfg, torch.Generator().manual_seed(0))
     rot = cams.c2w[:, :3, :3]
     assert torch.allclose(rot.transpose(1, 2) @ rot, torch.eye(3).expand(64, 3, 3), atol=1e-5)
@@ -30,7 +30,7 @@ def test_c2w_is_orthonormal_right_handed_and_looks_at_origin():
 
 
 def test_sampled_ranges_follow_config_and_generator():
-    cfg = make_config("x", "test").nerf
+    cfg = make_config("x", "test").cameras
     a = sample_cameras(256, cfg, torch.Generator().manual_seed(1))
     b = sample_cameras(256, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(a.c2w, b.c2w)
@@ -128,10 +128,10 @@ def test_light_dirs_stay_near_the_camera():
 
 
 def test_turntables_look_from_the_middle_of_the_training_cameras():
-    from prolific.config import NerfConfig
+    from prolific.config import CameraConfig
     from prolific.render.cameras import turntable_cameras
 
-    cfg = NerfConfig()
+    cfg = CameraConfig()
     cams = turntable_cameras(8, cfg)
     assert torch.allclose(cams.distance, torch.full((8,), sum(cfg.camera_distance) / 2))
     assert torch.allclose(torch.rad2deg(cams.fov_y), torch.full((8,), sum(cfg.fov_deg) / 2))

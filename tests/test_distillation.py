@@ -77,14 +77,14 @@ def test_sds_with_an_exact_prior_reconstructs_the_object():
     emb = PromptEmbeddings("a box", "", {d: torch.zeros(1, 2, 4) for d in VIEW_SUFFIXES}, torch.zeros(1, 2, 4),
                            torch.zeros(1, 2, 4))
     distill = ScoreDistillation(prior, cfg.prior, "sds")
-    nerf = NeRF(cfg.nerf)
+    nerf = NeRF(cfg.nerf, cfg.hash_grid)
     optimizer = torch.optim.Adam(nerf.parameters(), lr=3e-2)
     generator = torch.Generator().manual_seed(0)
     held_out = orbit_cameras(6, elevation_deg=25.0, distance=1.8, fov_deg=55.0)
     blob_psnr = _psnr(nerf, box, held_out)
 
     for step in range(STEPS):
-        cameras = sample_cameras(2, cfg.nerf, generator)
+        cameras = sample_cameras(2, cfg.cameras, generator)
         with torch.no_grad():
             reference = render_nerf(box, WHITE, cameras, RES, RES, samples_per_ray=32, jitter=False)["rgb"]
             prior.x_ref = prior.encode_images(reference)

@@ -21,7 +21,8 @@ def ball_mesh(radius: float):
 
 def test_a_white_ball_lit_from_the_side_looks_the_same_in_both_renderers():
     torch.manual_seed(0)
-    nerf = NeRF(make_config("a ball", "test").nerf).eval()  # its initial density blob: a ball of radius ~0.5
+    cfg = make_config("a ball", "test")
+    nerf = NeRF(cfg.nerf, cfg.hash_grid).eval()  # its initial density blob: a ball of radius ~0.5
     camera = orbit_cameras(1, 0.0, 2.0, 50.0)  # front view: +X is the image's right
     light = torch.tensor([[1.0, 0.0, 0.0]])
     with torch.no_grad():

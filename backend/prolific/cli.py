@@ -166,7 +166,8 @@ def make_job_config(args: argparse.Namespace, overrides: dict[str, Any]):
     announced on stderr."""
     from .job_request import job_config
 
-    cfg, chosen = job_config(args.prompt, args.preset, overrides)
+    cfg, chosen = job_config(args.prompt, args.preset, overrides,
+                             lambda message: print(f"warning: {message}", file=sys.stderr))
     if not chosen:
         return cfg
     if cfg.prior.model is None:

@@ -3,9 +3,9 @@ of flat request fields into make_config's nested overrides, and the preset a req
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
-from .config import JobConfig, default_preset, make_config
+from .config import JobConfig, default_preset, make_config, moved_settings
 from .device import pick_device
 from .errors import BadRequest
 
@@ -34,9 +34,11 @@ def request_overrides(given: dict[str, Any], nested: dict[str, Any] | None = Non
     return over
 
 
-def job_config(prompt: str, preset: str | None, overrides: dict[str, Any]) -> tuple[JobConfig, bool]:
+def job_config(prompt: str, preset: str | None, overrides: dict[str, Any],
+               warn: Callable[[str], None]) -> tuple[JobConfig, bool]:
     """The job's config and whether its preset was chosen here: without one, the preset that fits the device and
-    the model (config.default_preset)."""
+    the model (config.default_preset). `warn` gets a sentence per setting given under its old section."""
+    overrides = moved_settings(overrides, warn)
     cfg = make_config(prompt, "standard" if preset is None else preset, overrides)
     if preset is None:
         cfg = make_config(prompt, default_preset(pick_device(cfg.device).type, cfg.prior.model is None), overrides)

@@ -139,8 +139,11 @@ class Server:
             name = check_job_name(request.get("job", str(request["id"])))
         except BadRequest as err:
             raise BadRequest(f"'job': {err.message}") from None
+        def deprecated(message: str) -> None:
+            self.write({"event": "warning", "id": request["id"], "code": "deprecated_setting", "message": message})
+
         try:
-            cfg, _ = job_config(request.get("prompt", ""), request.get("preset"), overrides)
+            cfg, _ = job_config(request.get("prompt", ""), request.get("preset"), overrides, deprecated)
         except (TypeError, ValueError) as err:
             raise BadRequest(f"Invalid settings: {err}.") from None
         return Job(request["id"], cfg, Path(out_dir), resume, name)

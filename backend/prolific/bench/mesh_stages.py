@@ -56,7 +56,7 @@ def initial_surface(cfg, device: torch.device, seed: int):
     from ..stages.geometry import initial_dmtet
 
     torch.manual_seed(seed)
-    nerf = NeRF(cfg.nerf, device=device)
+    nerf = NeRF(cfg.nerf, cfg.hash_grid, device=device)
     grid = TetGrid.build(cfg.geometry.tet_res, cfg.nerf.bound, device)
     with torch.no_grad():
         return initial_dmtet(grid, nerf, cfg.geometry)
@@ -96,7 +96,7 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
 
         with torch.no_grad():
             meshes = [d.mesh().detach() for d in dmtets]
-        fields = [AlbedoField(cfg.nerf, device) for _ in meshes]
+        fields = [AlbedoField(cfg.hash_grid, cfg.nerf.bound, device) for _ in meshes]
         backgrounds = texture.stage_backgrounds(cfg.texture, [None] * len(fields))
         optimizers = [texture.make_optimizer(f, b, cfg.texture) for f, b in zip(fields, backgrounds)]
     try:

@@ -31,16 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_particles(cfg, device: torch.device, options: SpeedOptions, n: int) -> list:
+def make_particles(cfg, grid, device: torch.device, options: SpeedOptions, n: int) -> list:
     """Stage 1's own particles; the hash grid is forced to the PyTorch one unless `tcnn` is asked for, and
     without `occupancy` every sample along every ray is evaluated."""
     from ..field.nerf import NeRF
     from ..stages import nerf as nerf_stage
 
-    particles = [nerf_stage.make_particle(cfg, device) for _ in range(n)]
+    particles = [nerf_stage.make_particle(cfg, grid, device) for _ in range(n)]
     for p in particles:
         if not options.tcnn and getattr(p.nerf.encoding, "impl", "torch") != "torch":
-            p.nerf = NeRF(cfg, device=None).to(device)  # built off-GPU: make_hash_encoding picks PyTorch
+            p.nerf = NeRF(cfg, grid, device=None).to(device)  # built off-GPU: make_hash_encoding picks PyTorch
         if not options.occupancy:
             p.occupancy = None
     return particles
@@ -86,7 +86,7 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
     torch.manual_seed(seed)
     distill = ScoreDistillation(estimator_prior, cfg.prior, cfg.prior.guidance)
     torch.manual_seed(seed + 1)
-    particles = make_particles(cfg.nerf, device, options, n_particles)
+    particles = make_particles(cfg.nerf, cfg.hash_grid, device, options, n_particles)
     optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background) for p in particles]
     errors: dict = {}
     applied: dict = {}

@@ -102,7 +102,7 @@ def export_objects(ctx, meshes: Sequence[TriMesh], textures: Sequence[Callable[[
 def write_turntable(ctx, raster, positions, faces, uv, image, normals, folder: Path) -> list[Path]:
     """Lit renders of the exported mesh with its baked texture (what Blender will show), turntable_<i>.png."""
     n = ctx.cfg.export.turntable_views
-    cameras = turntable_cameras(n, ctx.cfg.nerf, ctx.device)
+    cameras = turntable_cameras(n, ctx.cfg.cameras, ctx.device)
     paths = []
     for i in range(n):
         out = render_mesh(raster, positions, faces, cameras[i], TURNTABLE_SIZE, TURNTABLE_SIZE, shading="lambertian",

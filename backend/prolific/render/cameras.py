@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import NerfConfig
+from ..config import CameraConfig
 
 
 def wrap_azimuth(azimuth_deg: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) ->
                                        device=generator.device if generator is not None else "cpu")
 
 
-def sample_cameras(n: int, cfg: NerfConfig, generator: torch.Generator | None = None,
+def sample_cameras(n: int, cfg: CameraConfig, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu") -> Cameras:
     """n random training cameras: elevation, distance and fov uniform in cfg's ranges, azimuth uniform in [-180,180).
 
@@ -144,7 +144,7 @@ def orbit_cameras(n: int, elevation_deg: float = 15.0, distance: float = 2.0, fo
     return cameras_from_angles(full * elevation_deg, azimuth, full * distance, full * fov_deg).to(device)
 
 
-def turntable_cameras(n: int, cfg: NerfConfig, device: torch.device | str = "cpu") -> Cameras:
+def turntable_cameras(n: int, cfg: CameraConfig, device: torch.device | str = "cpu") -> Cameras:
     """The turntable of previews and exports: n views at 15° elevation from the middle of the training cameras'
     distance and field of view, so an object is framed as stage 1 saw it."""
     return orbit_cameras(n, 15.0, sum(cfg.camera_distance) / 2, sum(cfg.fov_deg) / 2, device)

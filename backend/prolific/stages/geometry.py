@@ -105,7 +105,7 @@ def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guida
                step: int) -> torch.Tensor:
     cfg, gcfg = ctx.cfg, ctx.cfg.geometry
     res = gcfg.resolution
-    cameras = sample_cameras(len(dmtets), cfg.nerf, ctx.generator, ctx.device)
+    cameras = sample_cameras(len(dmtets), cfg.cameras, ctx.generator, ctx.device)
     images, reg = [], 0.0
     for k, dmtet in enumerate(dmtets):
         mesh = dmtet.mesh()

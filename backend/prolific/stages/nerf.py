@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import NerfConfig
+from ..config import HashGridConfig, NerfConfig
 from ..field.nerf import Background, NeRF
 from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
@@ -38,8 +38,8 @@ def resolution_at(cfg: NerfConfig, step: int) -> int:
     return cfg.resolutions[sum(1 for m in cfg.resolution_milestones if step >= m)]
 
 
-def make_particle(cfg: NerfConfig, device: torch.device) -> Particle:
-    nerf = NeRF(cfg, device=device)
+def make_particle(cfg: NerfConfig, grid: HashGridConfig, device: torch.device) -> Particle:
+    nerf = NeRF(cfg, grid, device=device)
     background = Background(cfg).to(device)
     occupancy = OccupancyGrid(cfg.occupancy_res, cfg.bound, cfg.occupancy_threshold).to(device)
     return Particle(nerf, background, occupancy)
@@ -101,7 +101,8 @@ class NerfStage:
 
     def __init__(self, ctx: StageContext, upstream: dict | None = None):
         self.ctx, self.settings = ctx, ctx.cfg.nerf
-        self.particles = [make_particle(self.settings, ctx.device) for _ in range(ctx.cfg.particles)]
+        self.particles = [make_particle(self.settings, ctx.cfg.hash_grid, ctx.device)
+                          for _ in range(ctx.cfg.particles)]
         self.optimizers = [make_optimizer(self.settings, p.nerf, p.background) for p in self.particles]
 
     def initialise(self) -> None:
@@ -145,7 +146,7 @@ def train_step(ctx: StageContext, particles: list[Particle], optimizers: list, e
                step: int) -> torch.Tensor:
     ncfg = ctx.cfg.nerf
     res = resolution_at(ncfg, step)
-    cameras = sample_cameras(len(particles), ncfg, ctx.generator, ctx.device)
+    cameras = sample_cameras(len(particles), ctx.cfg.cameras, ctx.generator, ctx.device)
     lights = sample_light_dirs(cameras, ctx.generator)
     # Both references: on a random half of the steps each render gets a random solid colour behind it (both
     # branches of VSD see that image), so the object cannot hide in the background.
@@ -179,7 +180,7 @@ def write_turntable(ctx: StageContext, particle: Particle, folder: Path, again: 
     paths = [folder / f"turntable_{i}.png" for i in range(n)]
     if not again and all(p.exists() for p in paths):
         return paths
-    cameras = turntable_cameras(n, ncfg, ctx.device)
+    cameras = turntable_cameras(n, ctx.cfg.cameras, ctx.device)
     res = ncfg.resolutions[-1]
     with torch.no_grad():
         for i, path in enumerate(paths):

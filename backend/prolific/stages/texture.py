@@ -62,7 +62,7 @@ class TextureStage:
                              "(--stages geometry,texture).")
         self.ctx, self.settings, self.upstream = ctx, ctx.cfg.texture, upstream
         self.meshes: list[TriMesh] = upstream["meshes"]
-        self.fields = [AlbedoField(ctx.cfg.nerf, ctx.device) for _ in self.meshes]
+        self.fields = [AlbedoField(ctx.cfg.hash_grid, ctx.cfg.nerf.bound, ctx.device) for _ in self.meshes]
         self.backgrounds = stage_backgrounds(self.settings, upstream.get("backgrounds") or [None] * len(self.fields))
         self.optimizers = [make_optimizer(f, b, self.settings) for f, b in zip(self.fields, self.backgrounds)]
         self.raster = make_rasterizer(ctx.device)
@@ -115,7 +115,7 @@ def make_optimizer(field: AlbedoField, background, tcfg: TextureConfig) -> torch
 def train_step(ctx: StageContext, raster, meshes: list[TriMesh], normals: list, fields: list, optimizers: list,
                backgrounds: list, guidance: ScoreDistillation, step: int) -> torch.Tensor:
     tcfg = ctx.cfg.texture
-    cameras = sample_cameras(len(fields), ctx.cfg.nerf, ctx.generator, ctx.device)
+    cameras = sample_cameras(len(fields), ctx.cfg.cameras, ctx.generator, ctx.device)
     images = torch.cat([
         render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution, shading="albedo",
                     normals=normals[k], albedo_fn=fields[k], background=backgrounds[k], antialias=False)["rgb"]
