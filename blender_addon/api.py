@@ -23,9 +23,7 @@ class GenerationError(RuntimeError):
 def submit(prompt: str, preset: str = "standard", seed: int = 0, variations: int = 1, negative_prompt: str = "",
            **overrides: Any) -> jobs.Job:
     """Queue a job and return at once; its objects appear when Blender's event loop runs (jobs.wait pumps)."""
-    if negative_prompt:
-        overrides.setdefault("prior", {})["negative_prompt"] = negative_prompt
-    return jobs.submit(prompt, preset, seed, variations, overrides)
+    return jobs.submit(prompt, preset, seed, variations, overrides, negative_prompt=negative_prompt)
 
 
 def resume(job_id: str, wait: bool = True, timeout: float | None = None) -> list[bpy.types.Object]:

@@ -7,6 +7,7 @@ changes, so a job that Blender's exit (or a crash) interrupted comes back after 
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 import bpy
 
-from . import installer, scene_import
+from . import installer, presets, scene_import
 from .client import SERVE_ARGS, BackendClient, BackendError
 
 KEEP_FINISHED = 20
@@ -204,10 +205,13 @@ def connect() -> None:
 
 
 def submit(prompt: str, preset: str, seed: int, variations: int, overrides: dict[str, Any],
-           resume_of: Job | None = None) -> Job:
+           resume_of: Job | None = None, negative_prompt: str = "") -> Job:
     """Queue a job; with `resume_of` (a stopped job) it continues that job's checkpoints in its folder and
-    takes its place in the queue."""
-    job = Job(id="", prompt=prompt, preset=preset, seed=seed, variations=variations, overrides=dict(overrides),
+    takes its place in the queue. A negative prompt travels in the overrides, so a resumed job keeps it."""
+    overrides = copy.deepcopy(overrides)
+    if negative_prompt.strip():
+        overrides.setdefault("prior", {})["negative_prompt"] = negative_prompt
+    job = Job(id="", prompt=prompt, preset=preset, seed=seed, variations=variations, overrides=overrides,
               out_dir=resume_of.out_dir if resume_of is not None else str(output_dir()),
               folder=resume_of.folder if resume_of is not None else "")
     try:
@@ -320,6 +324,7 @@ def wait(job: Job, timeout: float | None = None) -> Job:
 
 
 def _on_hello(event: dict) -> None:
+    presets.remember(event.get("presets"))
     backend_status.update(state="ready", text=(
         f"Backend {event.get('backend', '?')} (protocol {event.get('protocol')}) on {event.get('device', '?')}, "
         f"model: {event.get('model') or 'bundled toy prior'}"))

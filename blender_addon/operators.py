@@ -10,7 +10,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 
 from . import jobs
 from .client import BackendError
-from .properties import PRESETS
+from .properties import preset_items
 
 SETTING_NAMES = ("prompt", "negative_prompt", "preset", "seed", "variations")
 
@@ -25,7 +25,7 @@ class PROLIFIC_OT_generate(bpy.types.Operator):
     # Unset properties come from the scene's Prolific settings (the sidebar), so scripts pass only what they need.
     prompt: StringProperty(name="Prompt", options={"SKIP_SAVE"})
     negative_prompt: StringProperty(name="Negative prompt", options={"SKIP_SAVE"})
-    preset: EnumProperty(name="Preset", items=PRESETS, default="standard", options={"SKIP_SAVE"})
+    preset: EnumProperty(name="Preset", items=preset_items, options={"SKIP_SAVE"})
     seed: IntProperty(name="Seed", min=0, options={"SKIP_SAVE"})
     variations: IntProperty(name="Variations", min=1, max=16, default=1, options={"SKIP_SAVE"})
     overrides: StringProperty(name="Overrides", options={"SKIP_SAVE"},
@@ -48,9 +48,11 @@ class PROLIFIC_OT_generate(bpy.types.Operator):
         except ValueError as err:
             self.report({"ERROR"}, f"Overrides are not valid JSON: {err}")
             return {"CANCELLED"}
-        if values["negative_prompt"].strip():
-            overrides.setdefault("prior", {})["negative_prompt"] = values["negative_prompt"]
-        job = jobs.submit(values["prompt"], values["preset"], values["seed"], values["variations"], overrides)
+        if not values["preset"]:
+            self.report({"ERROR"}, "Choose a preset: the backend no longer has the one selected.")
+            return {"CANCELLED"}
+        job = jobs.submit(values["prompt"], values["preset"], values["seed"], values["variations"], overrides,
+                          negative_prompt=values["negative_prompt"])
         return follow(self, job, "Queued")
 
 

@@ -94,6 +94,7 @@ class PROLIFIC_PT_advanced(ProlificPanel, bpy.types.Panel):
         col.active = settings.use_advanced
         col.prop(settings, "guidance")
         col.prop(settings, "guidance_scale")
+        col.prop(settings, "geometry_guidance_scale")
         col.prop(settings, "nerf_steps")
         col.prop(settings, "geometry_steps")
         col.prop(settings, "texture_steps")

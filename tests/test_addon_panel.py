@@ -69,7 +69,8 @@ report(main=draw(panel.PROLIFIC_PT_main), queue=draw(panel.PROLIFIC_PT_queue),
     assert not calls_named(main, "progress")
     assert [c["kwargs"]["text"] for c in calls_named(facts["queue"], "label")] == ["No jobs yet."]
     assert [c["args"][1] for c in calls_named(facts["advanced"], "prop")] == [
-        "guidance", "guidance_scale", "nerf_steps", "geometry_steps", "texture_steps", "texture_size"]
+        "guidance", "guidance_scale", "geometry_guidance_scale", "nerf_steps", "geometry_steps", "texture_steps",
+        "texture_size"]
 
 
 def test_running_job_shows_stage_progress_eta_preview_and_cancel(tmp_path):
@@ -112,10 +113,11 @@ off = scene.overrides()
 scene.use_advanced, scene.guidance, scene.nerf_steps, scene.texture_size = True, "sds", 100, 512
 report(off=off, on=scene.overrides())
 """, tmp_path)
-    assert facts["off"] == {"prior": {"negative_prompt": "blurry"}}
+    assert facts["off"] == {}  # the negative prompt is the job's own field (jobs.submit), not an advanced setting
     on = facts["on"]
-    assert on["prior"] == {"negative_prompt": "blurry", "guidance": "sds", "sds_guidance_scale": 7.5}
+    assert on["prior"] == {"guidance": "sds", "sds_guidance_scale": 7.5}
     assert on["nerf"] == {"steps": 100} and on["export"] == {"texture_size": 512}
+    assert on["geometry"] == {"steps": 2000, "guidance_scale": 100.0}
     assert on["texture"]["guidance"] == "sds"
 
 

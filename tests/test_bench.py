@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from prolific.cli import main
-from prolific.prior import sd_shapes, speed
+from prolific.bench import sd_shapes
+from prolific.prior import speed
 
 PARTS = {"render", "encode", "prior", "backward", "optimizer", "lora_update"}
 
@@ -87,7 +88,7 @@ def test_bad_arguments_are_clear_errors(capsys):
 
 
 def test_quality_passes_its_arguments(capsys, monkeypatch, tmp_path):
-    import prolific.toy.quality as quality
+    import prolific.bench.toy_quality as quality
 
     seen = {}
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from prolific.config import make_config
-from prolific.render.cameras import (cameras_from_angles, orbit_cameras, sample_cameras, sample_light_dirs,
-                                     view_direction)
+from prolific.prior.prompts import ViewSectors
+from prolific.render.cameras import cameras_from_angles, orbit_cameras, sample_cameras, sample_light_dirs
 
 
 def _cams(elevations, azimuths, distance=2.0, fov=50.0):
@@ -16,7 +16,7 @@ def _cams(elevations, azimuths, distance=2.0, fov=50.0):
 
 
 def test_c2w_is_orthonormal_right_handed_and_looks_at_origin():
-    cfg = make_config("x", "test").nerf
+    cfg = make_config("x", "test").cameras
     cams = sample_cameras(64, cfg, torch.Generator().manual_seed(0))
     rot = cams.c2w[:, :3, :3]
     assert torch.allclose(rot.transpose(1, 2) @ rot, torch.eye(3).expand(64, 3, 3), atol=1e-5)
@@ -30,7 +30,7 @@ def test_c2w_is_orthonormal_right_handed_and_looks_at_origin():
 
 
 def test_sampled_ranges_follow_config_and_generator():
-    cfg = make_config("x", "test").nerf
+    cfg = make_config("x", "test").cameras
     a = sample_cameras(256, cfg, torch.Generator().manual_seed(1))
     b = sample_cameras(256, cfg, torch.Generator().manual_seed(1))
     assert torch.equal(a.c2w, b.c2w)
@@ -61,9 +61,7 @@ def test_azimuth_zero_is_blender_front_and_turns_counter_clockwise():
 ])
 def test_view_direction_table(elevation, azimuth, expected):
     """The default sectors: front/back within ±30° (both references), overhead above 60° elevation."""
-    p = make_config("x").prior
-    assert view_direction(elevation, azimuth, p.front_half_width_deg, p.back_half_width_deg,
-                          p.overhead_elevation_deg) == expected
+    assert ViewSectors.of(make_config("x").prior).direction(elevation, azimuth) == expected
 
 
 def test_the_demo_asks_the_toy_prior_with_the_sectors_it_was_trained_on():
@@ -71,17 +69,18 @@ def test_the_demo_asks_the_toy_prior_with_the_sectors_it_was_trained_on():
 
     p = make_config("x", "demo").prior
     assert (p.front_half_width_deg, p.back_half_width_deg, p.overhead_elevation_deg) == CAPTION_SECTORS_DEG
-    assert view_direction(0, 40, *CAPTION_SECTORS_DEG) == "front"
-    assert view_direction(0, 140, *CAPTION_SECTORS_DEG) == "back"
+    assert ViewSectors(*CAPTION_SECTORS_DEG).direction(0, 40) == "front"
+    assert ViewSectors(*CAPTION_SECTORS_DEG).direction(0, 140) == "back"
 
 
 def test_directions_per_camera_and_orbit_starts_at_front():
     cams = orbit_cameras(8, elevation_deg=15.0, distance=2.0, fov_deg=40.0)
     prior = make_config("x").prior
-    assert cams.prompt_directions(prior) == ["front", "side", "side", "side", "back", "side", "side", "side"]
-    assert cams.directions(50.0, 50.0, 60.0) == ["front", "front", "side", "back", "back", "back", "side", "front"]
+    assert ViewSectors.of(prior).directions(cams) == ["front", "side", "side", "side", "back", "side", "side", "side"]
+    assert ViewSectors(50.0, 50.0, 60.0).directions(cams) == ["front", "front", "side", "back", "back", "back", "side",
+                                                             "front"]
     assert torch.allclose(cams.azimuth, torch.tensor([0.0, 45, 90, 135, -180, -135, -90, -45]))
-    assert _cams([70.0], [0.0]).prompt_directions(prior) == ["overhead"]
+    assert ViewSectors.of(prior).directions(_cams([70.0], [0.0])) == ["overhead"]
 
 
 def test_centre_rays_hit_origin_and_corner_rays_span_the_fov():
@@ -129,10 +128,10 @@ def test_light_dirs_stay_near_the_camera():
 
 
 def test_turntables_look_from_the_middle_of_the_training_cameras():
-    from prolific.config import NerfConfig
+    from prolific.config import CameraConfig
     from prolific.render.cameras import turntable_cameras
 
-    cfg = NerfConfig()
+    cfg = CameraConfig()
     cams = turntable_cameras(8, cfg)
     assert torch.allclose(cams.distance, torch.full((8,), sum(cfg.camera_distance) / 2))
     assert torch.allclose(torch.rad2deg(cams.fov_y), torch.full((8,), sum(cfg.fov_deg) / 2))

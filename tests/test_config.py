@@ -101,8 +101,8 @@ def test_every_setting_takes_its_own_default_and_refuses_a_value_of_another_type
     ({"nerf": {"lr": float("inf")}}, "nerf.lr must be a number such as 0.01 (got inf)."),
     ({"prior": {"view_dependent_prompt": "yes"}}, "prior.view_dependent_prompt must be true or false (got 'yes')."),
     ({"prior": {"model": 7}}, "prior.model must be text or null (got 7)."),
-    ({"nerf": {"camera_distance": [1.0]}},
-     "nerf.camera_distance must be a list of 2 numbers such as [1.0, 1.5] (got [1.0])."),
+    ({"cameras": {"camera_distance": [1.0]}},
+     "cameras.camera_distance must be a list of 2 numbers such as [1.0, 1.5] (got [1.0])."),
     ({"nerf": {"resolutions": [64, "x"]}},
      "nerf.resolutions must be a list of whole numbers such as [64, 512] (got [64, 'x'])."),
     ({"seed": "7"}, "seed must be a whole number such as 0 (got '7')."),
@@ -125,3 +125,19 @@ def test_a_job_without_a_preset_gets_the_one_that_fits_device_and_model():
     assert default_preset("cuda", bundled_prior=False) == "standard"
     assert default_preset("cpu", bundled_prior=False) == "draft"
     assert default_preset("cpu", bundled_prior=True) == default_preset("cuda", bundled_prior=True) == "demo"
+
+
+def test_a_camera_setting_under_its_old_section_still_works_with_a_warning():
+    """Camera ranges moved from nerf to cameras (issue 14): `--set nerf.fov_deg=...` keeps working, said once."""
+    from prolific.job_request import job_config
+
+    told = []
+    cfg, _ = job_config("x", "test", {"nerf": {"fov_deg": [50, 60], "steps": 2}}, told.append)
+    assert cfg.cameras.fov_deg == (50.0, 60.0) and cfg.nerf.steps == 2
+    assert told == ["The setting nerf.fov_deg is now cameras.fov_deg; the old name will stop working in a later "
+                    "version."]
+    with pytest.warns(FutureWarning, match="nerf.elevation_deg is now cameras.elevation_deg"):
+        assert make_config("x", "test", {"nerf": {"elevation_deg": [0, 10]}}).cameras.elevation_deg == (0.0, 10.0)
+    # The new name wins over the old one when a request gives both.
+    cfg, _ = job_config("x", "test", {"nerf": {"fov_deg": [50, 60]}, "cameras": {"fov_deg": [45, 55]}}, told.append)
+    assert cfg.cameras.fov_deg == (45.0, 55.0)

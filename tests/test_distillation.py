@@ -14,7 +14,8 @@ from torch import nn
 
 from prolific.config import make_config
 from prolific.field.nerf import NeRF
-from prolific.prior.diffusion import VIEW_SUFFIXES, PromptEmbeddings
+from prolific.prior.diffusion import PromptEmbeddings
+from prolific.prior.prompts import VIEW_SUFFIXES, ViewSectors
 from prolific.prior.vsd import ScoreDistillation
 from prolific.render.cameras import orbit_cameras, sample_cameras
 from prolific.render.volume import render_nerf
@@ -76,19 +77,20 @@ def test_sds_with_an_exact_prior_reconstructs_the_object():
     emb = PromptEmbeddings("a box", "", {d: torch.zeros(1, 2, 4) for d in VIEW_SUFFIXES}, torch.zeros(1, 2, 4),
                            torch.zeros(1, 2, 4))
     distill = ScoreDistillation(prior, cfg.prior, "sds")
-    nerf = NeRF(cfg.nerf)
+    nerf = NeRF(cfg.nerf, cfg.hash_grid)
     optimizer = torch.optim.Adam(nerf.parameters(), lr=3e-2)
     generator = torch.Generator().manual_seed(0)
     held_out = orbit_cameras(6, elevation_deg=25.0, distance=1.8, fov_deg=55.0)
     blob_psnr = _psnr(nerf, box, held_out)
 
     for step in range(STEPS):
-        cameras = sample_cameras(2, cfg.nerf, generator)
+        cameras = sample_cameras(2, cfg.cameras, generator)
         with torch.no_grad():
             reference = render_nerf(box, WHITE, cameras, RES, RES, samples_per_ray=32, jitter=False)["rgb"]
             prior.x_ref = prior.encode_images(reference)
         rgb = render_nerf(nerf, WHITE, cameras, RES, RES, samples_per_ray=32, jitter=True, generator=generator)["rgb"]
-        loss, info = distill.loss(rgb, cameras.c2w, cameras.prompt_directions(cfg.prior), emb, step, STEPS, generator)
+        directions = ViewSectors.of(cfg.prior).directions(cameras)
+        loss, info = distill.loss(rgb, cameras.c2w, directions, emb, step, STEPS, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from prolific.field.dmtet import (DMTet, TetGrid, TriMesh, laplacian_smoothness, make_tet_grid, marching_tets,
-                                  normal_consistency, vertex_normal_consistency)
+from prolific.field.dmtet import DMTet, TetGrid, make_tet_grid, marching_tets
+from prolific.field.trimesh import TriMesh, laplacian_smoothness, normal_consistency, vertex_normal_consistency
 
 
 def mesh_stats(mesh: TriMesh) -> dict:

@@ -18,9 +18,10 @@ from prolific.export.formats import write_glb, write_obj
 from prolific.export.result import export_objects, write_object
 from prolific.export.seams import split_at_seams, weld
 from prolific.export.unwrap import unwrap
-from prolific.field.dmtet import DMTet, TetGrid, TriMesh
+from prolific.field.dmtet import DMTet, TetGrid
+from prolific.field.trimesh import TriMesh
 from prolific.render.raster import TorchRasterizer
-from prolific.stages.common import StageContext
+from prolific.stages.context import StageContext
 
 CENTRE = torch.tensor([0.1, 0.0, -0.05])
 

@@ -17,7 +17,7 @@ def cfg():
 
 def _nerf(cfg, seed=0):
     torch.manual_seed(seed)
-    return NeRF(cfg), Background(cfg)
+    return NeRF(cfg, make_config("a ball", "test").hash_grid), Background(cfg)
 
 
 def _camera(elevation, azimuth, distance, fov):

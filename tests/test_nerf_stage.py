@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
-from prolific.config import make_config
+from prolific.config import CameraConfig, make_config
 from prolific.field.nerf import Background, NeRF
 from prolific.render.cameras import orbit_cameras, sample_cameras
 from prolific.render.volume import render_nerf
@@ -26,11 +26,11 @@ def target_density(x: torch.Tensor) -> torch.Tensor:
     return OBJECT_DENSITY * inside.float() + SPECK_DENSITY * speck.float()
 
 
-def fitted_field(cfg) -> NeRF:
+def fitted_field(cfg, grid) -> NeRF:
     """The real NeRF regressed onto target_density before its activation (so the faint speck weighs as much as
     the ball), on points uniform in the cube, near the ball and in the speck."""
     torch.manual_seed(0)
-    nerf = NeRF(cfg)
+    nerf = NeRF(cfg, grid)
     optimizer = torch.optim.Adam(nerf.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(1)
     for _ in range(200):
@@ -64,8 +64,9 @@ def silhouettes(nerf: NeRF) -> torch.Tensor:
 def test_a_faint_floater_disappears_under_the_regularisers_while_the_object_stays():
     """The phase where both terms act (threestudio: after step 10k of 25k, the opacity BCE from 40% of the
     steps here). A table large enough for a clean fit (2^16): in the test preset's 2^12 the fit is foggy."""
-    cfg = dataclasses.replace(make_config("x", "test").nerf, steps=100, hash_log2_size=16)
-    nerf = fitted_field(cfg)
+    test = make_config("x", "test")
+    cfg = dataclasses.replace(test.nerf, steps=100)
+    nerf = fitted_field(cfg, dataclasses.replace(test.hash_grid, hash_log2_size=16))
     mass_before, sil_before = speck_mass(nerf), silhouettes(nerf)
     assert mass_before > 0.6 * SPECK_DENSITY, "the fit has no floater: the test would be vacuous"
     core = sil_before > 0.9  # pixels the opaque ball covers
@@ -75,7 +76,7 @@ def test_a_faint_floater_disappears_under_the_regularisers_while_the_object_stay
     optimizer = nerf_stage.make_optimizer(cfg, nerf, background)
     g = torch.Generator().manual_seed(3)
     for step in range(40, cfg.steps):
-        cameras = sample_cameras(2, cfg, g)
+        cameras = sample_cameras(2, CameraConfig(), g)
         out = render_nerf(nerf, background, cameras, 24, 24, samples_per_ray=32, jitter=True, generator=g)
         loss = nerf_stage.regularisers([out], cfg, step)
         optimizer.zero_grad()
@@ -131,19 +132,20 @@ def _corner_is_learned(particle, cameras, image) -> bool:
 
 def test_random_solid_backgrounds_replace_the_learned_one_on_their_share_of_steps():
     def solid_share(p: float) -> float:
-        cfg = make_config("x", "test", {"nerf": {"random_background": p, "camera_distance": [1.5, 1.5],
-                                                 "fov_deg": [70, 70]}})
+        cfg = make_config("x", "test", {"nerf": {"random_background": p},
+                                        "cameras": {"camera_distance": [1.5, 1.5], "fov_deg": [70, 70]}})
         ctx = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
                               prompt_emb=None)
-        particle = nerf_stage.make_particle(cfg.nerf, ctx.device)
+        particle = nerf_stage.make_particle(cfg.nerf, cfg.hash_grid, ctx.device)
         nerf_stage.update_occupancy([particle], ctx.generator)  # empty corners: nothing but the background
+        optimizer = nerf_stage.make_optimizer(cfg.nerf, particle.nerf, particle.background)
         recorder, solid = Recorder(), []
         for step in range(40):
             state = ctx.generator.get_state()
-            nerf_stage.train_step(ctx, [particle], recorder, step)
+            nerf_stage.train_step(ctx, [particle], [optimizer], recorder, step)
             after = ctx.generator.get_state()
             ctx.generator.set_state(state)  # replay the step's cameras
-            cameras = sample_cameras(1, cfg.nerf, ctx.generator)
+            cameras = sample_cameras(1, cfg.cameras, ctx.generator)
             ctx.generator.set_state(after)
             solid.append(not _corner_is_learned(particle, cameras, recorder.images[-1][0]))
         return sum(solid) / len(solid)
@@ -160,13 +162,14 @@ def test_the_learning_rates_follow_the_references():
     from prolific.stages import texture as texture_stage
 
     cfg = make_config("x", "test")
-    particle = nerf_stage.make_particle(cfg.nerf, torch.device("cpu"))
-    lrs = {id(p): g["lr"] for g in particle.optimizer.param_groups for p in g["params"]}
+    particle = nerf_stage.make_particle(cfg.nerf, cfg.hash_grid, torch.device("cpu"))
+    optimizer = nerf_stage.make_optimizer(cfg.nerf, particle.nerf, particle.background)
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     assert {lrs[id(p)] for p in particle.nerf.encoding.parameters()} == {1e-2}
     assert {lrs[id(p)] for p in particle.nerf.mlp.parameters()} == {1e-3}
     assert {lrs[id(p)] for p in particle.background.parameters()} == {1e-3}
     assert len(lrs) == len(list(particle.nerf.parameters())) + len(list(particle.background.parameters()))
-    field = AlbedoField(cfg.nerf)
+    field = AlbedoField(cfg.hash_grid, cfg.nerf.bound)
     background = texture_stage.stage_backgrounds(cfg.texture, [particle.background])[0]
     assert background is not particle.background  # stage 1's stays as it was
     optimizer = texture_stage.make_optimizer(field, background, cfg.texture)

@@ -11,7 +11,7 @@ from pathlib import Path
 from prolific.config import make_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("prior", "nerf", "geometry", "texture")
+SECTIONS = ("prior", "cameras", "hash_grid", "nerf", "geometry", "texture")
 # Not part of the method: which model and speed switches run it, and how often files are written.
 NOT_METHOD = {"prior.model", "prior.speed"} | {f"{s}.{k}" for s in SECTIONS for k in ("checkpoint_every",
                                                                                       "preview_every")}

@@ -98,10 +98,10 @@ def test_mesh_stages_continue_from_an_earlier_nerf_only_run(tmp_path, prior):
 
 
 def test_out_of_memory_becomes_advice(tmp_path, prior, monkeypatch):
-    def exhausted(ctx, inputs):
+    def exhausted(self, step, guidance):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr("prolific.stages.nerf.run", exhausted)
+    monkeypatch.setattr(pipeline.STAGES["nerf"], "step", exhausted)
     with pytest.raises(OutOfMemory, match="preset"):
         pipeline.run_job(nerf_job(), tmp_path, "job", prior=prior)
 

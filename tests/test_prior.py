@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from prolific.errors import ModelNotFound
-from prolific.prior.diffusion import VIEW_SUFFIXES, load_prior
-from prolific.prior.tokenizer import build_word_tokenizer
+from prolific.prior.diffusion import load_prior
+from prolific.prior.prompts import VIEW_SUFFIXES
+from prolific.toy.tokenizer import build_word_tokenizer
 
 CPU = torch.device("cpu")
 

@@ -20,7 +20,7 @@ from prolific.events import Reporter
 from prolific.export.result import export_objects
 from prolific.export.seams import split_at_seams
 from prolific.field.dmtet import DMTet, TetGrid
-from prolific.stages.common import StageContext
+from prolific.stages.context import StageContext
 
 pytestmark = needs_bpy
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from prolific import __version__
+from prolific.config import PRESETS, make_config
 
 BACKEND = Path(__file__).resolve().parents[1] / "backend"
 TIMEOUT_S = 60
@@ -69,8 +70,13 @@ def generate(job_id, out_dir, **fields):
 
 def test_hello_names_protocol_backend_device_and_model(backend, tiny_sd_model):
     backend.send({"op": "hello", "id": "h"})
-    assert backend.next() == {"event": "hello", "id": "h", "protocol": 1, "backend": __version__, "device": "cpu",
-                              "model": str(tiny_sd_model)}
+    hello = backend.next()
+    assert hello == {"event": "hello", "id": "h", "protocol": 1, "backend": __version__, "device": "cpu",
+                     "model": str(tiny_sd_model), "presets": hello["presets"]}
+    # Every preset, in the CLI's order, with the step counts the add-on's menu shows.
+    assert [p["name"] for p in hello["presets"]] == list(PRESETS)
+    test = make_config("x", "test")
+    assert hello["presets"][0]["steps"] == {s: getattr(test, s).steps for s in ("nerf", "geometry", "texture")}
 
 
 def test_generate_streams_progress_then_the_result(backend, tmp_path):

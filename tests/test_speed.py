@@ -17,6 +17,7 @@ from prolific.bench.stage1 import bench_context, build_variant, particle_paramet
 from prolific.config import make_config
 from prolific.prior import speed
 from prolific.prior.speed import SpeedOptions
+from prolific.speed_options import best_options
 from prolific.stages import nerf as nerf_stage
 
 REL_TOL = 1e-4
@@ -56,16 +57,17 @@ def _run_steps(model, options: SpeedOptions, reference: bool, steps: int = 2):
     prompt = prior.embed_prompt(cfg.prompt)
     ctx = bench_context(cfg, 16, torch.device("cpu"), torch.Generator().manual_seed(3), prompt)
     grads = []
-    step = particle.optimizer.step
+    optimizer = variant.optimizers[0]
+    step = optimizer.step
 
     def record_then_step(*args, **kwargs):
         grads.append([p.grad.clone() for p in particle_parameters(particle) if p.grad is not None])
         return step(*args, **kwargs)
 
-    particle.optimizer.step = record_then_step
+    optimizer.step = record_then_step
     torch.manual_seed(7)  # update_estimator draws its t and noise from the global generator
     for i in range(steps):
-        nerf_stage.train_step(ctx, variant.particles, variant.distill, i)
+        nerf_stage.train_step(ctx, variant.particles, variant.optimizers, variant.distill, i)
     lora = {k: v.detach().clone() for k, v in variant.distill.lora_params.items()}
     variant.close()
     return grads, lora
@@ -155,7 +157,7 @@ def test_option_parsing():
     opts = SpeedOptions.parse("bf16,cudagraphs,batch,fused-adam")
     assert opts.bf16 and opts.batch and opts.fused_adam and opts.compile == "reduce-overhead"
     assert not opts.tf32 and not opts.sdpa
-    assert SpeedOptions.parse("best") == speed.best_options()
+    assert SpeedOptions.parse("best") == best_options()
     assert SpeedOptions.parse(opts.label()) == opts
     import pytest
 

@@ -13,7 +13,7 @@ from prolific.export.seams import weld
 from prolific.export.unwrap import unwrap
 from prolific.field.dmtet import make_tet_grid, marching_tets
 from prolific.render.raster import TorchRasterizer
-from prolific.toy import quality
+from prolific.bench import toy_quality as quality
 from prolific.toy.model import build_models, build_tokenizer, save_model
 from prolific.toy.shapes import PALETTE, sdf
 

@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from prolific.prior.tokenizer import build_word_tokenizer
+from prolific.toy.tokenizer import build_word_tokenizer
 
 WORDS = ["a", "an", "the", "of", "red", "blue", "teapot", "hamburger", "chair", "photo", "DSLR", "blurry", "ugly"]
 TEXT_DIM = 32

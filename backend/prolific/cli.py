@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """`--set` settings with the flags on top (job_request.request_overrides)."""
+    from .job_request import request_overrides
+
     over: dict[str, Any] = {}
     for item in args.set:
         key, sep, raw = item.partition("=")
@@ -100,25 +103,12 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    prior = over.setdefault("prior", {})
-    if args.model is not None:
-        prior["model"] = args.model
-    if args.guidance is not None:
-        prior["guidance"] = args.guidance
-    if args.negative_prompt is not None:
-        prior["negative_prompt"] = args.negative_prompt
-    for key in ("seed", "particles", "device"):
-        if getattr(args, key) is not None:
-            over[key] = getattr(args, key)
-    if args.stages is not None:
-        over["stages"] = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if args.formats is not None:
-        over.setdefault("export", {})["formats"] = [f.strip() for f in args.formats.split(",") if f.strip()]
-    for stage in ("nerf", "geometry", "texture"):
-        steps = getattr(args, f"steps_{stage}")
-        if steps is not None:
-            over.setdefault(stage, {})["steps"] = steps
-    return over
+    given = {name: getattr(args, name) for name in ("model", "guidance", "negative_prompt", "seed", "particles",
+                                                     "device", "steps_nerf", "steps_geometry", "steps_texture")}
+    for name in ("stages", "formats"):  # comma-separated lists
+        text = getattr(args, name)
+        given[name] = None if text is None else [s.strip() for s in text.split(",") if s.strip()]
+    return request_overrides({k: v for k, v in given.items() if v is not None}, over)
 
 
 def job_name(prompt: str, seed: int) -> str:
@@ -174,20 +164,18 @@ def format_duration(seconds: float) -> str:
 def make_job_config(args: argparse.Namespace, overrides: dict[str, Any]):
     """The job's settings; without --preset, the preset that fits the device and model (config.default_preset),
     announced on stderr."""
-    from .config import default_preset, make_config
-    from .device import pick_device
+    from .job_request import job_config
 
-    cfg = make_config(args.prompt, "standard" if args.preset is None else args.preset, overrides)
-    if args.preset is not None:
+    cfg, chosen = job_config(args.prompt, args.preset, overrides,
+                             lambda message: print(f"warning: {message}", file=sys.stderr))
+    if not chosen:
         return cfg
-    device, bundled = pick_device(cfg.device), cfg.prior.model is None
-    preset = default_preset(device.type, bundled)
-    if bundled:
-        print(f"No --preset given: using {preset}, the preset made for the bundled toy prior.", file=sys.stderr)
-    elif device.type == "cpu":
-        print(f"warning: No --preset given: using {preset}, the cheapest preset for a real model; on a CPU it "
+    if cfg.prior.model is None:
+        print(f"No --preset given: using {cfg.preset}, the preset made for the bundled toy prior.", file=sys.stderr)
+    elif cfg.preset == "draft":  # a real model on a CPU
+        print(f"warning: No --preset given: using {cfg.preset}, the cheapest preset for a real model; on a CPU it "
               "still takes many hours (a GPU takes minutes). Pass --preset to choose.", file=sys.stderr)
-    return make_config(args.prompt, preset, overrides)
+    return cfg
 
 
 def resume_command(argv: list[str], preset: str) -> str:

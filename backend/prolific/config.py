@@ -11,10 +11,12 @@ import json
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .errors import BadRequest
+from .speed_options import SpeedOptions
 
 STAGES = ("nerf", "geometry", "texture")
 GUIDANCES = ("vsd", "sds")
@@ -64,11 +66,6 @@ class NerfConfig:
     mlp_lr: float = 1e-3  # density/colour MLP: threestudio density/feature_network, the official sigma_nets
     background_lr: float = 1e-3  # threestudio background, the official bg_nets
     mode: str = "object"  # object: blob lambda=10, r=0.5 ; scene: lambda=-10, r=2.5
-    hash_levels: int = 16
-    hash_features: int = 2
-    hash_log2_size: int = 19
-    hash_base_res: int = 16
-    hash_max_res: int = 2048
     bound: float = 1.0  # the scene is the cube [-bound, bound]^3
     samples_per_ray: int = 64
     occupancy_res: int = 64
@@ -89,11 +86,26 @@ class NerfConfig:
     # The official code's alternative to the two above (--lambda_entropy 10: binary entropy of each sample's
     # compositing weight); 0 because the paper preset follows threestudio, which does not use it.
     entropy_weight: float = 0.0
+    checkpoint_every: int = 1000
+    preview_every: int = 100
+
+
+@dataclass
+class HashGridConfig:
+    """The multiresolution hash encoding of stage 1's NeRF and stage 3's albedo field."""
+    hash_levels: int = 16
+    hash_features: int = 2
+    hash_log2_size: int = 19
+    hash_base_res: int = 16
+    hash_max_res: int = 2048
+
+
+@dataclass
+class CameraConfig:
+    """The training cameras of all three stages (uniform in these ranges) and the turntables' framing."""
     camera_distance: tuple[float, float] = (1.0, 1.5)  # threestudio prolificdreamer.yaml and the official code
     elevation_deg: tuple[float, float] = (-10.0, 45.0)
     fov_deg: tuple[float, float] = (40.0, 70.0)
-    checkpoint_every: int = 1000
-    preview_every: int = 100
 
 
 @dataclass
@@ -163,6 +175,8 @@ class JobConfig:
     stages: tuple[str, ...] = STAGES
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     prior: PriorConfig = field(default_factory=PriorConfig)
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+    hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
     nerf: NerfConfig = field(default_factory=NerfConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     texture: TextureConfig = field(default_factory=TextureConfig)
@@ -180,9 +194,9 @@ class JobConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "test": {
         "device": "cpu",
-        "nerf": {"steps": 6, "resolutions": (16, 24), "resolution_milestones": (3,), "hash_levels": 4,
-                 "hash_log2_size": 12, "hash_max_res": 64, "samples_per_ray": 16, "occupancy_res": 16,
-                 "occupancy_every": 2, "checkpoint_every": 3, "preview_every": 2},
+        "hash_grid": {"hash_levels": 4, "hash_log2_size": 12, "hash_max_res": 64},
+        "nerf": {"steps": 6, "resolutions": (16, 24), "resolution_milestones": (3,), "samples_per_ray": 16,
+                 "occupancy_res": 16, "occupancy_every": 2, "checkpoint_every": 3, "preview_every": 2},
         "geometry": {"steps": 3, "tet_res": 16, "resolution": 32, "checkpoint_every": 2, "preview_every": 2},
         "texture": {"steps": 3, "resolution": 32, "checkpoint_every": 2, "preview_every": 2},
         "export": {"texture_size": 64, "dilation_px": 2, "turntable_views": 8},
@@ -196,9 +210,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 2, and at 1 the NeRF fades away in 200 steps (bench_results/2026-12-01_h200_quality_cfg_sweep). Its view
         # sectors are the ±45° it was trained with.
         "prior": {"front_half_width_deg": 45.0, "back_half_width_deg": 45.0},
-        "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "hash_levels": 8,
-                 "hash_log2_size": 15, "hash_max_res": 256, "samples_per_ray": 32, "occupancy_res": 32,
-                 "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
+        "hash_grid": {"hash_levels": 8, "hash_log2_size": 15, "hash_max_res": 256},
+        "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "samples_per_ray": 32,
+                 "occupancy_res": 32, "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
                  "checkpoint_every": 50, "preview_every": 20},
         # The toy prior never saw normal maps, so normal-map SDS from it only roughens the surface extracted from
         # the NeRF (area/volume^(2/3) 14.5 -> 24 in 30 steps, measured): the demo keeps the extracted surface.
@@ -227,15 +241,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 15k geometry steps, 30k texture steps, 512 renders, wide t range for the first 5k steps, hash grid up to
     # 4096 (per_level_scale 1.447). README's table lists every setting against both references.
     "paper": {
-        "nerf": {"steps": 25000, "resolution_milestones": (5000,), "hash_max_res": 4096, "checkpoint_every": 2500},
+        "hash_grid": {"hash_max_res": 4096},
+        "nerf": {"steps": 25000, "resolution_milestones": (5000,), "checkpoint_every": 2500},
         "geometry": {"steps": 15000},
         "texture": {"steps": 30000},
         "export": {"texture_size": 2048},
     },
 }
 
-_SECTIONS = {"prior": PriorConfig, "nerf": NerfConfig, "geometry": GeometryConfig, "texture": TextureConfig,
-             "export": ExportConfig}
+_SECTIONS = {"prior": PriorConfig, "cameras": CameraConfig, "hash_grid": HashGridConfig, "nerf": NerfConfig,
+             "geometry": GeometryConfig, "texture": TextureConfig, "export": ExportConfig}
+# Settings that moved to another section, by old section: still read there, with a warning naming the new place.
+MOVED = {"nerf": {"camera_distance": "cameras", "elevation_deg": "cameras", "fov_deg": "cameras",
+                  **{f"hash_{k}": "hash_grid" for k in ("levels", "features", "log2_size", "base_res", "max_res")}}}
+SECTIONS = tuple(_SECTIONS)  # as requests and --set name them
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -327,11 +346,14 @@ def _describe(hint: Any, plural: bool = False) -> str:
     return "a list of " + ", ".join(_describe(a) for a in args)
 
 
-def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Build and validate a job config from a preset plus nested overrides such as {"nerf": {"steps": 10}}."""
+def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any] | None = None,
+                warn: Callable[[str], None] | None = None) -> JobConfig:
+    """Build and validate a job config from a preset plus nested overrides such as {"nerf": {"steps": 10}}.
+    A setting given under its old section (MOVED) is moved to its new one and `warn` (default: a FutureWarning)
+    gets one sentence saying so."""
     if preset not in PRESETS:
         raise BadRequest(f"Unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
-    values = _merge(PRESETS[preset], overrides or {})
+    values = _merge(PRESETS[preset], moved_settings(overrides or {}, warn))
     top = {k: v for k, v in values.items() if k not in _SECTIONS}
     kwargs: dict[str, Any] = {"prompt": prompt, "preset": preset,
                               **_typed_values(JobConfig, top, exclude=("prompt", "preset"))}
@@ -341,6 +363,28 @@ def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any]
                 raise BadRequest(f"Setting '{key}' must be a mapping of its fields.")
             kwargs[key] = _build_section(cls, values[key], key)
     return JobConfig(**kwargs).validate()
+
+
+def moved_settings(overrides: dict[str, Any], warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`overrides` with the settings of MOVED in their new sections, each move told to `warn` (default: a
+    FutureWarning)."""
+    out = copy.deepcopy(overrides)
+    for old, keys in MOVED.items():
+        section = out.get(old)
+        if not isinstance(section, dict):
+            continue
+        for key in [k for k in section if k in keys]:
+            new = keys[key]
+            target = out.setdefault(new, {})
+            if not isinstance(target, dict):
+                raise BadRequest(f"Setting '{new}' must be a mapping of its fields.")
+            target.setdefault(key, section.pop(key))
+            message = f"The setting {old}.{key} is now {new}.{key}; the old name will stop working in a later version."
+            if warn is None:
+                warnings.warn(message, FutureWarning, stacklevel=3)
+            else:
+                warn(message)
+    return out
 
 
 def default_preset(device_type: str, bundled_prior: bool) -> str:
@@ -400,8 +444,6 @@ def _validate(cfg: JobConfig) -> None:
     _require(p.dtype in ("auto", "fp32", "fp16", "bf16"), f"Unknown dtype '{p.dtype}': use auto, fp32, fp16 or bf16.")
     _require(isinstance(p.speed, str), "prior.speed must be text such as auto, none or sdpa,batch.")
     if p.speed != "auto":
-        from .prior.speed import SpeedOptions  # torch-free until someone sets it
-
         SpeedOptions.parse(p.speed)  # BadRequest naming the unknown switch
     n = cfg.nerf
     for name, section in (("nerf", n), ("geometry", cfg.geometry), ("texture", cfg.texture)):

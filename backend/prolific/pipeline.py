@@ -5,7 +5,6 @@ writes `<out_dir>/<job>/meta.json`.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import threading
 import time
@@ -15,12 +14,19 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import STAGES, JobConfig, check_job_name
+from .config import JobConfig, check_job_name
 from .device import device_description, pick_device, pick_dtype
 from .errors import BadRequest, JobExists, OutOfMemory
 from .events import Phase, Reporter, Sink
-from .stages.common import StageContext, checkpoint_done
+from .stages.context import StageContext
+from .stages.geometry import GeometryStage
+from .stages.nerf import NerfStage
+from .stages.runner import reload_stage, run_stage
+from .stages.texture import TextureStage
 
+# The stages, in the order a job runs them (config.STAGES names them for validation).
+STAGES = {"nerf": NerfStage, "geometry": GeometryStage, "texture": TextureStage}
+ORDER = tuple(STAGES)
 MESH_STAGES = ("geometry", "texture")
 OUT_OF_MEMORY_ADVICE = ("The GPU ran out of memory. Try a smaller preset (draft), fewer particles, or lower "
                         "rendering resolutions (nerf.resolutions, geometry.resolution, texture.resolution).")
@@ -68,17 +74,17 @@ def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threadi
 
     torch.manual_seed(cfg.seed)  # module initialisation draws from the global generator
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    ctx = StageContext(cfg, device, prior, prompt_emb, job_dir, reporter, cancel, generator, resume)
+    ctx = StageContext(cfg, device, prior, prompt_emb, job_dir, reporter, cancel, generator)
 
     outputs, previous = None, None
     stage_outputs: dict[str, Any] = {}
     for stage in cfg.stages:
         reporter.check_cancel()
-        if STAGES.index(stage) > 0 and previous != STAGES[STAGES.index(stage) - 1]:
+        if ORDER.index(stage) > 0 and previous != ORDER[ORDER.index(stage) - 1]:
             outputs = load_upstream(ctx, stage)  # e.g. --stages geometry,texture after a nerf-only run
         was_done = resume and ctx.stage_done(stage)
         t0 = time.monotonic()
-        outputs = stage_module(stage).run(ctx, outputs)
+        outputs = run_stage(ctx, STAGES[stage], outputs, resume)
         stage_outputs[stage] = outputs
         if not was_done or stage not in timings:  # a finished stage only reloads: keep its real timing
             timings[stage] = round(time.monotonic() - t0, 3)
@@ -125,15 +131,11 @@ def plan_phases(cfg: JobConfig, mesh_job: bool) -> list[Phase]:
     return phases
 
 
-def stage_module(stage: str):
-    return importlib.import_module(f"prolific.stages.{stage}")
-
-
 def warn_unknown_words(prior, prompt: str, reporter: Reporter) -> None:
     """The bundled toy prior knows a handful of words (prior/bundled.py): say which of the prompt's it does not."""
     from .prior.bundled import BUNDLED_MODEL_DIR, unknown_words_warning
 
-    warning = unknown_words_warning(prompt) if Path(prior.source) == BUNDLED_MODEL_DIR else None
+    warning = unknown_words_warning(prompt, prior.tokenizer) if Path(prior.source) == BUNDLED_MODEL_DIR else None
     if warning:
         reporter.warn("unknown_words", warning)
 
@@ -147,7 +149,7 @@ def check_job_dir(job_dir: Path, stages: tuple[str, ...], resume: bool) -> bool:
             raise BadRequest(f"Nothing to resume: there is no job folder {job_dir}. Check the output folder and the "
                              "job name, or start a new job without resume.")
         return bool(saved)
-    replaced = [s for s in saved if STAGES.index(s) >= STAGES.index(stages[0])]
+    replaced = [s for s in saved if ORDER.index(s) >= ORDER.index(stages[0])]
     if replaced:
         raise JobExists(job_dir, replaced)
     return False
@@ -167,22 +169,21 @@ def prepare_job_dir(job_dir: Path) -> None:
 def clear_stale_previews(job_dir: Path, stages: tuple[str, ...]) -> None:
     """A job starting afresh drops the previews an earlier unsaved attempt left for its stages and later ones,
     so that the previews folder shows one run."""
-    for stage in STAGES[STAGES.index(stages[0]):]:
+    for stage in ORDER[ORDER.index(stages[0]):]:
         for preview in (job_dir / "previews").glob(f"{stage}_*.png"):
             preview.unlink()
 
 
 def load_upstream(ctx: StageContext, stage: str) -> Any:
     """A stage whose predecessor is not part of the job (e.g. --stages geometry,texture after a nerf-only run)
-    continues from that predecessor's finished checkpoint in the same job folder; the predecessor's `run` only
-    reloads its outputs from it (and so needs no inputs)."""
-    previous = STAGES[STAGES.index(stage) - 1]
-    path = ctx.checkpoint_path(previous)
-    if not checkpoint_done(path):
-        raise BadRequest(f"The {stage} stage starts from a finished {previous} stage, but {path} is missing or "
-                         f"unfinished: include the {previous} stage (--stages {previous},{stage}...).")
-    upstream = StageContext(**{**ctx.__dict__, "resume": True})
-    return stage_module(previous).run(upstream, None)
+    continues from that predecessor's finished checkpoint in the same job folder."""
+    previous = ORDER[ORDER.index(stage) - 1]
+    outputs = reload_stage(ctx, [STAGES[s] for s in ORDER[:ORDER.index(previous) + 1]])
+    if outputs is None:
+        raise BadRequest(f"The {stage} stage starts from a finished {previous} stage, but "
+                         f"{ctx.checkpoint_path(previous)} is missing or unfinished: include the {previous} stage "
+                         f"(--stages {previous},{stage}...).")
+    return outputs
 
 
 def previous_timings(job_dir: Path) -> dict[str, float]:

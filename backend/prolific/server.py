@@ -20,17 +20,17 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from . import __version__
-from .config import JobConfig, check_job_name, default_preset, make_config
+from .config import PRESETS, SECTIONS, STAGES, JobConfig, check_job_name, make_config
 from .device import device_description, pick_device, pick_dtype
 from .errors import BadRequest, Cancelled, ProlificError
 from .events import JobWarning
 from .interrupt import EXIT_INTERRUPTED, on_ctrl_c
+from .job_request import job_config, request_overrides
 
 PROTOCOL = 1
-SECTIONS = ("prior", "nerf", "geometry", "texture", "export")
-# Request fields of `generate` beside op and id, and where each goes in make_config's overrides.
-GENERATE_FIELDS = {"prompt", "preset", "seed", "particles", "out_dir", "model", "guidance", "stages",
-                   "negative_prompt", "overrides", "resume", "job", "device", *SECTIONS}
+# Request fields of `generate` beside op and id; the flat ones job_request translates into settings.
+FLAT_GENERATE_FIELDS = ("model", "guidance", "negative_prompt", "seed", "particles", "stages", "device")
+GENERATE_FIELDS = {"prompt", "preset", "out_dir", "overrides", "resume", "job", *FLAT_GENERATE_FIELDS, *SECTIONS}
 
 
 @dataclass
@@ -41,6 +41,12 @@ class Job:
     resume: bool
     name: str  # the result folder in out_dir: the request id, or `job` to continue an earlier job's folder
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def preset_list() -> list[dict]:
+    """The presets in config.PRESETS' order with their step counts, for the add-on's preset menu."""
+    return [{"name": name, "steps": {s: getattr(make_config("-", name), s).steps for s in STAGES}}
+            for name in PRESETS]
 
 
 def log(message: str) -> None:
@@ -92,7 +98,8 @@ class Server:
             op = request.get("op")
             if op == "hello":
                 self.write({"event": "hello", "id": req_id, "protocol": PROTOCOL, "backend": __version__,
-                            "device": device_description(pick_device(self.device)), "model": self.model})
+                            "device": device_description(pick_device(self.device)), "model": self.model,
+                            "presets": preset_list()})
             elif op == "generate":
                 self.enqueue(self.parse_generate(request))
             elif op == "cancel":
@@ -122,18 +129,9 @@ class Server:
                 if not isinstance(request[section], dict) or not isinstance(overrides[section], dict):
                     raise BadRequest(f"Setting '{section}' must be an object of its fields.")
                 overrides[section].update(request[section])
-        prior = overrides.setdefault("prior", {})
-        if not isinstance(prior, dict):
-            raise BadRequest("Setting 'prior' must be an object of its fields.")
-        prior.setdefault("model", request.get("model", self.model))
-        for key in ("guidance", "negative_prompt"):
-            if key in request:
-                prior[key] = request[key]
-        for key in ("seed", "particles", "stages", "device"):
-            if key in request:
-                overrides[key] = request[key]
-        if self.device != "auto":
-            overrides.setdefault("device", self.device)
+        defaults = {"model": self.model, **({"device": self.device} if self.device != "auto" else {})}
+        overrides = request_overrides({k: request[k] for k in FLAT_GENERATE_FIELDS if k in request}, overrides,
+                                      defaults)
         resume = request.get("resume", False)
         if not isinstance(resume, bool):
             raise BadRequest("'resume' must be true or false.")
@@ -141,12 +139,11 @@ class Server:
             name = check_job_name(request.get("job", str(request["id"])))
         except BadRequest as err:
             raise BadRequest(f"'job': {err.message}") from None
-        preset = request.get("preset")
+        def deprecated(message: str) -> None:
+            self.write({"event": "warning", "id": request["id"], "code": "deprecated_setting", "message": message})
+
         try:
-            cfg = make_config(request.get("prompt", ""), "standard" if preset is None else preset, overrides)
-            if preset is None:  # the preset that fits the device and the model, as on the command line
-                cfg = make_config(cfg.prompt, default_preset(pick_device(cfg.device).type, cfg.prior.model is None),
-                                  overrides)
+            cfg, _ = job_config(request.get("prompt", ""), request.get("preset"), overrides, deprecated)
         except (TypeError, ValueError) as err:
             raise BadRequest(f"Invalid settings: {err}.") from None
         return Job(request["id"], cfg, Path(out_dir), resume, name)

@@ -94,7 +94,7 @@ def prepare_model(args, device: torch.device) -> str:
         args.model = "sd21" if device.type == "cuda" else "tiny"
     if args.model not in BUILT_SHAPES:
         return args.model
-    from ..prior.sd_shapes import build_sd_shaped_model
+    from .sd_shapes import build_sd_shaped_model
 
     cache = Path(args.model_cache or os.path.join(tempfile.gettempdir(), "prolific-bench"))
     # fp16 on disk halves the write and read; every variant casts to its own dtype when loading.

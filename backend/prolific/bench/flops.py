@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..prior.sd_shapes import unet_flops
+from .sd_shapes import unet_flops
 
 
 def vae_encoder_flops(vae, size: int) -> float:

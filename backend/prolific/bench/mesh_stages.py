@@ -1,9 +1,9 @@
 """`prolific bench stage2|stage3`: the geometry step (DMTet, normal-map SDS) and the texture step (albedo field,
 VSD) on rasterised renders, timed per part, per resolution and per speed variant.
 
-Both run the stages' own training loops (stages/geometry.train, stages/texture.train) on a surface extracted
-from a freshly initialised NeRF (its density blob), with a reporter that turns each loop iteration into one
-timed step. The loop's final iteration also writes a checkpoint and a preview, so it is left out.
+Both run the stages' own steps (stages/geometry.train_step, stages/texture.train_step) in the runner's step loop
+on a surface extracted from a freshly initialised NeRF (its density blob), with a reporter that turns each loop
+iteration into one timed step. The loop's final iteration also writes a preview, so it is left out.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def initial_surface(cfg, device: torch.device, seed: int):
     from ..stages.geometry import initial_dmtet
 
     torch.manual_seed(seed)
-    nerf = NeRF(cfg.nerf, device=device)
+    nerf = NeRF(cfg.nerf, cfg.hash_grid, device=device)
     grid = TetGrid.build(cfg.geometry.tet_res, cfg.nerf.bound, device)
     with torch.no_grad():
         return initial_dmtet(grid, nerf, cfg.geometry)
@@ -66,8 +66,10 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
                 device: torch.device, resolutions: list[int]) -> dict:
     from ..prior.diffusion import load_prior
     from ..prior.vsd import ScoreDistillation
+    from ..render.raster import make_rasterizer
     from ..stages import geometry, texture
-    from ..stages.common import StageContext
+    from ..stages.context import StageContext
+    from ..stages.runner import run_steps, stage_prior
 
     out: dict = {"name": name, "reference": reference, "options": options.to_dict(), "resolutions": {},
                  "errors": {}}
@@ -77,10 +79,10 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
     prior = load_prior(model, device, speed.prior_dtype(options, device))
     out["load_s"] = round(time.perf_counter() - start, 2)
     if stage == "stage2":
-        prior_cfg = geometry.refine_prior_config(cfg.prior, cfg.geometry.anneal_fraction, cfg.geometry.guidance_scale)
+        prior_cfg = stage_prior(cfg.prior, cfg.geometry.anneal_fraction, cfg.geometry.guidance_scale)
         guidance_name = "sds"
     else:
-        prior_cfg = geometry.refine_prior_config(cfg.prior, cfg.texture.anneal_fraction)
+        prior_cfg = stage_prior(cfg.prior, cfg.texture.anneal_fraction)
         guidance_name = cfg.texture.guidance
     vsd = guidance_name == "vsd"
     estimator_prior = speed.separate_estimator_prior(prior) if reference and vsd else prior
@@ -94,7 +96,7 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
 
         with torch.no_grad():
             meshes = [d.mesh().detach() for d in dmtets]
-        fields = [AlbedoField(cfg.nerf, device) for _ in meshes]
+        fields = [AlbedoField(cfg.hash_grid, cfg.nerf.bound, device) for _ in meshes]
         backgrounds = texture.stage_backgrounds(cfg.texture, [None] * len(fields))
         optimizers = [texture.make_optimizer(f, b, cfg.texture) for f, b in zip(fields, backgrounds)]
     try:
@@ -107,6 +109,9 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
     prompt = prior.embed_prompt(common.PROMPT, cfg.prior.negative_prompt, cfg.prior.view_dependent_prompt)
     timer = PartTimer(device)
     module = geometry if stage == "stage2" else texture
+    raster = make_rasterizer(device)
+    if stage == "stage3":
+        normals = [m.vertex_normals() for m in meshes]
     patches = [timer.wrap(module, "render_mesh", "render"),
                timer.wrap(guidance.prior, "encode_images", "encode"),
                timer.wrap(guidance.prior, "predict_noise", "prior"),
@@ -132,9 +137,13 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
                 def loop():
                     timer.steps = []
                     if stage == "stage2":
-                        geometry.train(ctx, dmtets, optimizers, guidance, 0)
+                        def step_fn(i):
+                            return geometry.train_step(ctx, raster, dmtets, optimizers, guidance, i)
                     else:
-                        texture.train(ctx, meshes, fields, optimizers, backgrounds, guidance, 0)
+                        def step_fn(i):
+                            return texture.train_step(ctx, raster, meshes, normals, fields, optimizers, backgrounds,
+                                                      guidance, i)
+                    run_steps(ctx, section, sub, 0, step_fn, lambda done: None)
 
                 out["resolutions"][str(res)] = run_resolution(stage, name, res, loop, timer, prior, options, args,
                                                               device, out)
@@ -170,7 +179,7 @@ def run_resolution(stage, name, res, loop, timer, prior, options, args, device, 
             timer.marks = []
             return common.record_failure(result, err2, device)
     result["wall_s"] = round(time.perf_counter() - start, 2)
-    timer.steps = timer.steps[:-1]  # the last iteration also saved a checkpoint and a preview
+    timer.steps = timer.steps[:-1]  # the last iteration also saved a preview
     result.update(timer.summary(skip=args.warmup))
     ms = result.get("ms_per_step")
     if ms:

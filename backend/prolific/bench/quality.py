@@ -1,4 +1,4 @@
-"""`prolific bench quality`: the command line of the toy prior's quality benchmark (toy/quality.run_quality)."""
+"""`prolific bench quality`: the command line of the toy prior's quality benchmark (bench/toy_quality.run_quality)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from . import common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..toy.quality import DEFAULT_PROMPTS, DIVERSITY_PROMPT
+    from .toy_quality import DEFAULT_PROMPTS, DIVERSITY_PROMPT
 
     parser = argparse.ArgumentParser(prog="prolific bench quality",
                                      description="Generate toy-vocabulary objects and score them against the "
@@ -34,11 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     from ..errors import BadRequest
-    from ..toy.quality import run_quality
+    from .toy_quality import run_quality
 
     args = build_parser().parse_args(argv)
     if args.merge:
-        from ..toy.quality import merge_reports
+        from .toy_quality import merge_reports
 
         try:
             report = merge_reports([json.loads(path.read_text()) for path in args.merge])

@@ -31,17 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_particles(cfg, device: torch.device, options: SpeedOptions, n: int) -> list:
+def make_particles(cfg, grid, device: torch.device, options: SpeedOptions, n: int) -> list:
     """Stage 1's own particles; the hash grid is forced to the PyTorch one unless `tcnn` is asked for, and
     without `occupancy` every sample along every ray is evaluated."""
     from ..field.nerf import NeRF
     from ..stages import nerf as nerf_stage
 
-    particles = [nerf_stage.make_particle(cfg, device) for _ in range(n)]
+    particles = [nerf_stage.make_particle(cfg, grid, device) for _ in range(n)]
     for p in particles:
         if not options.tcnn and getattr(p.nerf.encoding, "impl", "torch") != "torch":
-            p.nerf = NeRF(cfg, device=None).to(device)  # built off-GPU: make_hash_encoding picks PyTorch
-            p.optimizer = nerf_stage.make_optimizer(cfg, p.nerf, p.background)
+            p.nerf = NeRF(cfg, grid, device=None).to(device)  # built off-GPU: make_hash_encoding picks PyTorch
         if not options.occupancy:
             p.occupancy = None
     return particles
@@ -62,6 +61,7 @@ class Variant:
     prior: object
     distill: object
     particles: list
+    optimizers: list  # one per particle
     options: SpeedOptions
     applied: dict
     errors: dict
@@ -79,14 +79,15 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
     build the particles and apply the speed options. Seeds make two variants start from the same weights."""
     from ..prior.diffusion import load_prior
     from ..prior.vsd import ScoreDistillation
+    from ..stages import nerf as nerf_stage
 
     prior = load_prior(model, device, speed.prior_dtype(options, device))
     estimator_prior = speed.separate_estimator_prior(prior) if reference else prior
     torch.manual_seed(seed)
     distill = ScoreDistillation(estimator_prior, cfg.prior, cfg.prior.guidance)
     torch.manual_seed(seed + 1)
-    particles = make_particles(cfg.nerf, device, options, n_particles)
-    optimizers = [p.optimizer for p in particles]
+    particles = make_particles(cfg.nerf, cfg.hash_grid, device, options, n_particles)
+    optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background) for p in particles]
     errors: dict = {}
     applied: dict = {}
     try:
@@ -94,9 +95,7 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
     except Exception as err:  # noqa: BLE001 - an optional switch failing must not end the bench
         errors["accelerate"] = common.error_text(err)
         log(f"bench stage1: applying {options.label()} failed: {common.error_text(err)}")
-    for p, opt in zip(particles, optimizers):
-        p.optimizer = opt
-    return Variant(prior, distill, particles, options, applied, errors)
+    return Variant(prior, distill, particles, optimizers, options, applied, errors)
 
 
 def bench_context(cfg, res: int, device: torch.device, generator: torch.Generator, prompt) -> SimpleNamespace:
@@ -135,11 +134,12 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
                    timer.wrap(distill, "eps_phi", "estimator"),
                    timer.wrap(distill, "loss", "loss", after="backward"),
                    timer.wrap(distill, "update_estimator", "lora_update")]
-        patches += [timer.wrap(p.optimizer, "step", "optimizer", after="other") for p in particles]
+        patches += [timer.wrap(opt, "step", "optimizer", after="other") for opt in variant.optimizers]
         with patched(patches):
             for res in resolutions:
                 out["resolutions"][str(res)] = run_resolution(
-                    name, res, cfg, prior, distill, particles, prompt, generator, options, timer, args, device, out)
+                    name, res, cfg, prior, distill, particles, variant.optimizers, prompt, generator, options, timer,
+                    args, device, out)
     finally:
         variant.close()
         del variant, prior, distill, particles
@@ -147,8 +147,8 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
     return out
 
 
-def run_resolution(name, res, cfg, prior, distill, particles, prompt, generator, options, timer, args, device,
-                   out) -> dict:
+def run_resolution(name, res, cfg, prior, distill, particles, optimizers, prompt, generator, options, timer, args,
+                   device, out) -> dict:
     from ..stages import nerf as nerf_stage
 
     ctx = bench_context(cfg, res, device, generator, prompt)
@@ -166,7 +166,7 @@ def run_resolution(name, res, cfg, prior, distill, particles, prompt, generator,
                 timer.push("occupancy")
                 nerf_stage.update_occupancy(particles, generator)
                 timer.pop()
-            rgb = nerf_stage.train_step(ctx, particles, distill, i)
+            rgb = nerf_stage.train_step(ctx, particles, optimizers, distill, i)
         losses.append(float(rgb.float().mean()))
 
     if device.type == "cuda":

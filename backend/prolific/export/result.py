@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from .. import __version__
-from ..field.dmtet import TriMesh
+from ..field.trimesh import TriMesh
 from ..render.cameras import turntable_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from ..stages.common import save_png
+from ..stages.context import save_png
 from .bake import bake_texture
 from .formats import write_glb, write_obj
 from .seams import weld
@@ -102,7 +102,7 @@ def export_objects(ctx, meshes: Sequence[TriMesh], textures: Sequence[Callable[[
 def write_turntable(ctx, raster, positions, faces, uv, image, normals, folder: Path) -> list[Path]:
     """Lit renders of the exported mesh with its baked texture (what Blender will show), turntable_<i>.png."""
     n = ctx.cfg.export.turntable_views
-    cameras = turntable_cameras(n, ctx.cfg.nerf, ctx.device)
+    cameras = turntable_cameras(n, ctx.cfg.cameras, ctx.device)
     paths = []
     for i in range(n):
         out = render_mesh(raster, positions, faces, cameras[i], TURNTABLE_SIZE, TURNTABLE_SIZE, shading="lambertian",

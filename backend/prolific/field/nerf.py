@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NerfConfig
+from ..config import HashGridConfig, NerfConfig
 from .hashgrid import make_hash_encoding
 
 BLOB = {"object": (10.0, 0.5), "scene": (-10.0, 2.5)}  # mode -> (lambda, r)
@@ -23,12 +23,12 @@ class NeRF(nn.Module):
 
     Pass `device` to build on a GPU: the hash encoding is tiny-cuda-nn's only when built for CUDA."""
 
-    def __init__(self, cfg: NerfConfig, device: torch.device | str | None = None):
+    def __init__(self, cfg: NerfConfig, grid: HashGridConfig, device: torch.device | str | None = None):
         super().__init__()
         self.bound = float(cfg.bound)
         self.blob_lambda, self.blob_radius = BLOB[cfg.mode]
-        self.encoding = make_hash_encoding(cfg.hash_levels, cfg.hash_features, cfg.hash_log2_size,
-                                           cfg.hash_base_res, cfg.hash_max_res, device=device)
+        self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
+                                           grid.hash_base_res, grid.hash_max_res, device=device)
         self.mlp = nn.Sequential(
             nn.Linear(self.encoding.out_dim, HIDDEN), nn.ReLU(inplace=True),
             nn.Linear(HIDDEN, HIDDEN), nn.ReLU(inplace=True),
@@ -38,7 +38,7 @@ class NeRF(nn.Module):
             self.mlp[-1].bias.zero_()
         self.to(device or "cpu")
         # Finite-difference step for normals: half a cell of the finest hash level, in world units.
-        self.normal_eps = self.bound / max(cfg.hash_max_res, 1)
+        self.normal_eps = self.bound / max(grid.hash_max_res, 1)
 
     def blob(self, x: torch.Tensor) -> torch.Tensor:
         return self.blob_lambda * (1 - x.norm(dim=-1) / self.blob_radius)

@@ -10,20 +10,20 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import NerfConfig
+from ..config import HashGridConfig
 from .hashgrid import make_hash_encoding
 
 HIDDEN = 64
 
 
 class AlbedoField(nn.Module):
-    """albedo(x [N,3] world) -> [N,3] in [0,1]; the hash grid settings are stage 1's (cfg.nerf)."""
+    """albedo(x [N,3] world) -> [N,3] in [0,1] over the cube [-bound, bound]^3, on stage 1's hash grid settings."""
 
-    def __init__(self, cfg: NerfConfig, device: torch.device | str | None = None):
+    def __init__(self, grid: HashGridConfig, bound: float, device: torch.device | str | None = None):
         super().__init__()
-        self.bound = float(cfg.bound)
-        self.encoding = make_hash_encoding(cfg.hash_levels, cfg.hash_features, cfg.hash_log2_size,
-                                           cfg.hash_base_res, cfg.hash_max_res, device=device)
+        self.bound = float(bound)
+        self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
+                                           grid.hash_base_res, grid.hash_max_res, device=device)
         self.mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, HIDDEN), nn.ReLU(inplace=True),
                                  nn.Linear(HIDDEN, 3))
         self.to(device or "cpu")

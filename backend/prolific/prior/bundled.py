@@ -5,6 +5,7 @@ simple objects, so it only knows the toy vocabulary ("a red cube", "a blue torus
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -20,26 +21,24 @@ def bundled_available() -> bool:
 
 
 def vocabulary_hint() -> str:
-    """One sentence naming what the bundled model can draw, for CLI help and error messages."""
-    from ..toy.shapes import PALETTE, SHAPES
+    """One sentence naming what the bundled model can draw (its toy.json), for CLI help and error messages."""
+    about = json.loads((BUNDLED_MODEL_DIR / "toy.json").read_text())
+    return (f"The bundled toy prior draws one object in one colour: shapes {', '.join(about['shapes'])}; "
+            f"colours {', '.join(about['colours'])} (e.g. \"a red cube\").")
 
-    return (f"The bundled toy prior draws one object in one colour: shapes {', '.join(SHAPES)}; "
-            f"colours {', '.join(PALETTE)} (e.g. \"a red cube\").")
 
-
-def unknown_words(prompt: str) -> list[str]:
-    """The words of `prompt` that no caption the bundled model was trained on has, each once, in order."""
-    from ..toy.shapes import vocabulary
-    from .tokenizer import VIEW_WORDS
-
-    known = set(vocabulary()) | set(VIEW_WORDS)
+def unknown_words(prompt: str, tokenizer) -> list[str]:
+    """The words of `prompt` that the bundled model's tokenizer has no whole-word token for (toy/tokenizer.py
+    gives one to every word of its captions and view suffixes), each once, in order. One-letter words always
+    pass: every byte has a word-final token."""
+    vocab = tokenizer.get_vocab()
     words = re.findall(r"[^\W_]+", prompt.lower())
-    return [w for i, w in enumerate(words) if w not in known and w not in words[:i]]
+    return [w for i, w in enumerate(words) if f"{w}</w>" not in vocab and w not in words[:i]]
 
 
-def unknown_words_warning(prompt: str) -> str | None:
+def unknown_words_warning(prompt: str, tokenizer) -> str | None:
     """A sentence naming the prompt's words the bundled model does not know, or None when it knows them all."""
-    words = unknown_words(prompt)
+    words = unknown_words(prompt, tokenizer)
     if not words:
         return None
     named = ", ".join(f"'{w}'" for w in words)

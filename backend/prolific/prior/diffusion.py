@@ -17,13 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ModelNotFound
+from .prompts import view_prompts
 
-VIEW_SUFFIXES = {
-    "front": ", front view",
-    "side": ", side view",
-    "back": ", back view",
-    "overhead": ", overhead view",
-}
 WEIGHTED = ("unet", "vae", "text_encoder")
 # What is fetched from the Hub: configs, tokenizer and the full-precision safetensors weights (sharded or not).
 HUB_PATTERNS = [
@@ -134,8 +129,8 @@ class DiffusionPrior:
         of the negative prompt. Cached per (prompt, negative prompt, view_dependent)."""
         key = (prompt, negative_prompt, view_dependent)
         if key not in self._embeddings:
-            directions = list(VIEW_SUFFIXES)
-            texts = [prompt + VIEW_SUFFIXES[d] if view_dependent else prompt for d in directions]
+            per_view = view_prompts(prompt, view_dependent)
+            directions, texts = list(per_view), list(per_view.values())
             hidden = self._encode_text(texts + [prompt, negative_prompt])
             cond = {d: hidden[i:i + 1] for i, d in enumerate(directions)}
             self._embeddings[key] = PromptEmbeddings(prompt, negative_prompt, cond, hidden[-1:], hidden[-2:-1],

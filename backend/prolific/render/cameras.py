@@ -13,26 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import NerfConfig
+from ..config import CameraConfig
 
 
 def wrap_azimuth(azimuth_deg: torch.Tensor) -> torch.Tensor:
     """Azimuth in degrees wrapped into [-180, 180)."""
     return torch.remainder(azimuth_deg + 180.0, 360.0) - 180.0
-
-
-def view_direction(elevation_deg: float, azimuth_deg: float, front_deg: float, back_deg: float,
-                   overhead_deg: float) -> str:
-    """The prompt's view suffix for a camera: "overhead" above `overhead_deg` elevation, else "front" within
-    ±front_deg of azimuth 0, "back" within ±back_deg of azimuth 180, "side" between."""
-    if elevation_deg > overhead_deg:
-        return "overhead"
-    az = (azimuth_deg + 180.0) % 360.0 - 180.0
-    if abs(az) < front_deg:
-        return "front"
-    if abs(az) > 180.0 - back_deg:
-        return "back"
-    return "side"
 
 
 @dataclass
@@ -112,16 +98,6 @@ class Cameras:
         image row 0 of `rays`. (nvdiffrast's rast row 0 is y=-1: flip its rows to match renders.)"""
         return self.projection(near, far, aspect) @ self.w2c()
 
-    def directions(self, front_deg: float, back_deg: float, overhead_deg: float) -> list[str]:
-        """View suffix name per camera ("front", "side", "back", "overhead"), sectors as in `view_direction`."""
-        return [view_direction(float(e), float(a), front_deg, back_deg, overhead_deg)
-                for e, a in zip(self.elevation.tolist(), self.azimuth.tolist())]
-
-    def prompt_directions(self, prior_cfg) -> list[str]:
-        """`directions` with the view sectors of a PriorConfig."""
-        return self.directions(prior_cfg.front_half_width_deg, prior_cfg.back_half_width_deg,
-                               prior_cfg.overhead_elevation_deg)
-
 
 def cameras_from_angles(elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor, distance: torch.Tensor,
                         fov_deg: torch.Tensor) -> Cameras:
@@ -148,7 +124,7 @@ def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None) ->
                                        device=generator.device if generator is not None else "cpu")
 
 
-def sample_cameras(n: int, cfg: NerfConfig, generator: torch.Generator | None = None,
+def sample_cameras(n: int, cfg: CameraConfig, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu") -> Cameras:
     """n random training cameras: elevation, distance and fov uniform in cfg's ranges, azimuth uniform in [-180,180).
 
@@ -168,7 +144,7 @@ def orbit_cameras(n: int, elevation_deg: float = 15.0, distance: float = 2.0, fo
     return cameras_from_angles(full * elevation_deg, azimuth, full * distance, full * fov_deg).to(device)
 
 
-def turntable_cameras(n: int, cfg: NerfConfig, device: torch.device | str = "cpu") -> Cameras:
+def turntable_cameras(n: int, cfg: CameraConfig, device: torch.device | str = "cpu") -> Cameras:
     """The turntable of previews and exports: n views at 15° elevation from the middle of the training cameras'
     distance and field of view, so an object is framed as stage 1 saw it."""
     return orbit_cameras(n, 15.0, sum(cfg.camera_distance) / 2, sum(cfg.fov_deg) / 2, device)

@@ -10,13 +10,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..field.dmtet import TriMesh
+from ..field.trimesh import TriMesh
 from .cameras import Cameras
 from .raster import Rasterizer
+from .shading import LIGHT
 
 # Clip planes: cameras sit 1.5–2 m from an object inside [-1,1]^3, so everything lies between 0.1 and 10 m.
 NEAR, FAR = 0.1, 10.0
-AMBIENT = 0.3  # lambertian shading: light = AMBIENT + (1 - AMBIENT) * max(0, n·l)
 
 Background = tuple[float, float, float] | Callable[[torch.Tensor], torch.Tensor] | None
 
@@ -81,8 +81,7 @@ def render_mesh(raster: Rasterizer, positions: torch.Tensor, faces: torch.Tensor
     if shading == "lambertian":
         if light_dir is None:
             light_dir = F.normalize(cameras.position, dim=-1)
-        lit = (normal * light_dir.to(normal)[:, None, None, :]).sum(-1, keepdim=True).clamp(min=0)
-        colour = colour * (AMBIENT + (1 - AMBIENT) * lit)
+        colour = LIGHT.shade(colour, normal, light_dir.to(normal)[:, None, None, :], "lambertian")
 
     # Flip the rasterizer's bottom-up rows before compositing with the (top-down) background.
     colour, mask, normal = colour.flip(1), mask.flip(1), normal.flip(1)

@@ -14,10 +14,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .cameras import Cameras
+from .shading import LIGHT, SHADINGS
 
-AMBIENT = 0.1
-DIFFUSE = 0.9
-SHADINGS = ("albedo", "lambertian", "textureless")
 _CHUNK = 1 << 18  # points per density-function call while updating the grid
 _PROBE_CHUNK = 1 << 22  # grid lookups per step while finding each ray's occupied stretch
 
@@ -186,8 +184,7 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
             else:
                 light = torch.as_tensor(light_dir, dtype=x.dtype, device=device).reshape(-1, 3).expand(B, 3)
             sample_batch = ray_batch[sel // S]
-            lit = AMBIENT + DIFFUSE * (n_s * light[sample_batch]).sum(-1, keepdim=True).clamp_min(0.0)
-            albedo_s = lit * (albedo_s if shading == "lambertian" else torch.ones_like(albedo_s))
+            albedo_s = LIGHT.shade(albedo_s, n_s, light[sample_batch], shading)
             normal = normal.index_put((sel,), n_s)
         else:
             sigma_s, albedo_s = _eval_field(nerf, x, with_normal=False)

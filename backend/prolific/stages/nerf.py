@@ -12,17 +12,18 @@ from pathlib import Path
 
 import torch
 
-from ..config import JobConfig, NerfConfig
-from ..errors import BadRequest
+from ..config import HashGridConfig, NerfConfig
 from ..field.nerf import Background, NeRF
+from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras, sample_light_dirs, turntable_cameras
+from ..render.shading import SHADINGS
 from ..render.volume import OccupancyGrid, render_nerf
-from .common import (StageContext, field_optimizer, load_optimizer_state, rng_state, run_steps, save_png,
-                     score_distillation, set_rng_state)
+from .context import StageContext, save_png
+from .optimizers import field_optimizer, load_optimizer_state
+from .runner import Guidance
 
 STAGE = "nerf"
-SHADINGS = ("albedo", "lambertian", "textureless")
 
 
 @dataclass
@@ -30,7 +31,6 @@ class Particle:
     nerf: NeRF
     background: Background
     occupancy: OccupancyGrid
-    optimizer: torch.optim.Optimizer
 
 
 def resolution_at(cfg: NerfConfig, step: int) -> int:
@@ -38,11 +38,11 @@ def resolution_at(cfg: NerfConfig, step: int) -> int:
     return cfg.resolutions[sum(1 for m in cfg.resolution_milestones if step >= m)]
 
 
-def make_particle(cfg: NerfConfig, device: torch.device) -> Particle:
-    nerf = NeRF(cfg, device=device)
+def make_particle(cfg: NerfConfig, grid: HashGridConfig, device: torch.device) -> Particle:
+    nerf = NeRF(cfg, grid, device=device)
     background = Background(cfg).to(device)
     occupancy = OccupancyGrid(cfg.occupancy_res, cfg.bound, cfg.occupancy_threshold).to(device)
-    return Particle(nerf, background, occupancy, make_optimizer(cfg, nerf, background))
+    return Particle(nerf, background, occupancy)
 
 
 def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background) -> torch.optim.Optimizer:
@@ -94,50 +94,59 @@ def update_occupancy(particles: list[Particle], generator: torch.Generator) -> N
             p.occupancy.update(p.nerf.density, generator=generator)
 
 
-def run(ctx: StageContext, inputs: dict | None = None) -> dict:
-    cfg, ncfg = ctx.cfg, ctx.cfg.nerf
-    particles = [make_particle(ncfg, ctx.device) for _ in range(cfg.particles)]
-    state = ctx.load_checkpoint(STAGE)
-    start = 0
-    if state is not None:
-        check_compatible(state, cfg, ctx.checkpoint_path(STAGE))
-        load_particles(state, particles, ctx.checkpoint_path(STAGE))
-        set_rng_state(ctx.generator, state["rng"])
-        start = min(state["step"], ncfg.steps)
-    ctx.reporter.step(STAGE, start, ncfg.steps)
-    trained = start < ncfg.steps
-    if trained:
-        optimizers = [p.optimizer for p in particles]
-        with score_distillation(ctx, cfg.prior, cfg.prior.guidance, optimizers,
-                                state["estimator"] if state is not None else None) as estimator:
-            for p, opt in zip(particles, optimizers):
-                p.optimizer = opt
-            train(ctx, particles, estimator, start)
-    turntables = [write_turntable(ctx, p, ctx.object_dir(k), again=trained) for k, p in enumerate(particles)]
-    return {"nerfs": [p.nerf for p in particles], "backgrounds": [p.background for p in particles],
-            "occupancy": [p.occupancy for p in particles], "checkpoint": ctx.checkpoint_path(STAGE),
-            "turntables": turntables}
+class NerfStage:
+    """Stage 1 in the runner's protocol (runner.Stage)."""
 
+    name = STAGE
 
-def train(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation, start: int) -> None:
-    ncfg = ctx.cfg.nerf
-    if start == 0:
-        update_occupancy(particles, ctx.generator)
+    def __init__(self, ctx: StageContext, upstream: dict | None = None):
+        self.ctx, self.settings = ctx, ctx.cfg.nerf
+        self.particles = [make_particle(self.settings, ctx.cfg.hash_grid, ctx.device)
+                          for _ in range(ctx.cfg.particles)]
+        self.optimizers = [make_optimizer(self.settings, p.nerf, p.background) for p in self.particles]
 
-    def step_fn(step: int) -> torch.Tensor:
-        rgb = train_step(ctx, particles, estimator, step)
-        if (step + 1) % ncfg.occupancy_every == 0:
-            update_occupancy(particles, ctx.generator)
+    def initialise(self) -> None:
+        if self.settings.steps > 0:
+            update_occupancy(self.particles, self.ctx.generator)
+
+    def signature(self) -> dict:
+        return {"particles": self.ctx.cfg.particles, "guidance": self.ctx.cfg.prior.guidance}
+
+    def guidance(self) -> Guidance:
+        return Guidance(self.ctx.cfg.prior, self.ctx.cfg.prior.guidance)
+
+    def step(self, step: int, guidance: ScoreDistillation) -> torch.Tensor:
+        rgb = train_step(self.ctx, self.particles, self.optimizers, guidance, step)
+        if (step + 1) % self.settings.occupancy_every == 0:
+            update_occupancy(self.particles, self.ctx.generator)
         return rgb
 
-    run_steps(ctx, STAGE, ncfg, start, step_fn, lambda done: save(ctx, particles, estimator, done))
+    def state_dict(self) -> dict:
+        return {"particles": [{"nerf": p.nerf.state_dict(), "background": p.background.state_dict(),
+                               "occupancy": p.occupancy.state_dict(), "optimizer": opt.state_dict()}
+                              for p, opt in zip(self.particles, self.optimizers)]}
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        for p, opt, saved in zip(self.particles, self.optimizers, state["particles"]):
+            p.nerf.load_state_dict(saved["nerf"])
+            p.background.load_state_dict(saved["background"])
+            p.occupancy.load_state_dict(saved["occupancy"])
+            load_optimizer_state(opt, saved["optimizer"], path)
+
+    def outputs(self, trained: bool) -> dict:
+        ctx = self.ctx
+        turntables = [write_turntable(ctx, p, ctx.object_dir(k), again=trained)
+                      for k, p in enumerate(self.particles)]
+        return {"nerfs": [p.nerf for p in self.particles], "backgrounds": [p.background for p in self.particles],
+                "occupancy": [p.occupancy for p in self.particles], "checkpoint": ctx.checkpoint_path(STAGE),
+                "turntables": turntables}
 
 
-def train_step(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation,
+def train_step(ctx: StageContext, particles: list[Particle], optimizers: list, estimator: ScoreDistillation,
                step: int) -> torch.Tensor:
     ncfg = ctx.cfg.nerf
     res = resolution_at(ncfg, step)
-    cameras = sample_cameras(len(particles), ncfg, ctx.generator, ctx.device)
+    cameras = sample_cameras(len(particles), ctx.cfg.cameras, ctx.generator, ctx.device)
     lights = sample_light_dirs(cameras, ctx.generator)
     # Both references: on a random half of the steps each render gets a random solid colour behind it (both
     # branches of VSD see that image), so the object cannot hide in the background.
@@ -151,48 +160,16 @@ def train_step(ctx: StageContext, particles: list[Particle], estimator: ScoreDis
                           generator=ctx.generator)
         renders.append(out)
     images = torch.cat([r["rgb"] for r in renders])
-    loss, _ = estimator.loss(images, cameras.c2w, cameras.prompt_directions(ctx.cfg.prior), ctx.prompt_emb, step,
-                             ncfg.steps, ctx.generator)
+    directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
+    loss, _ = estimator.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, ncfg.steps, ctx.generator)
     loss = loss + regularisers(renders, ncfg, step)
-    for p in particles:
-        p.optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
     loss.backward()
-    for p in particles:
-        p.optimizer.step()
+    for opt in optimizers:
+        opt.step()
     estimator.update_estimator(ctx.generator)
     return images.detach()
-
-
-def save(ctx: StageContext, particles: list[Particle], estimator: ScoreDistillation, step: int) -> Path:
-    return ctx.save_checkpoint(STAGE, {
-        "stage": STAGE,
-        "step": step,
-        "total": ctx.cfg.nerf.steps,
-        "done": step >= ctx.cfg.nerf.steps,
-        "particles": [{"nerf": p.nerf.state_dict(), "background": p.background.state_dict(),
-                       "occupancy": p.occupancy.state_dict(), "optimizer": p.optimizer.state_dict()}
-                      for p in particles],
-        "estimator": estimator.state_dict(),
-        "rng": rng_state(ctx.generator),
-    })
-
-
-def check_compatible(state: dict, cfg: JobConfig, path: Path) -> None:
-    if len(state["particles"]) != cfg.particles:
-        raise BadRequest(f"The checkpoint {path} holds {len(state['particles'])} particle(s) but the job asks "
-                         f"for {cfg.particles}: resume with the same number of particles or use a new output folder.")
-    saved = state["estimator"].get("guidance")
-    if state["step"] < cfg.nerf.steps and saved != cfg.prior.guidance:
-        raise BadRequest(f"The checkpoint {path} was made with {saved} guidance but the job asks for "
-                         f"{cfg.prior.guidance}: resume with the same guidance or use a new output folder.")
-
-
-def load_particles(state: dict, particles: list[Particle], path: Path) -> None:
-    for p, saved in zip(particles, state["particles"]):
-        p.nerf.load_state_dict(saved["nerf"])
-        p.background.load_state_dict(saved["background"])
-        p.occupancy.load_state_dict(saved["occupancy"])
-        load_optimizer_state(p.optimizer, saved["optimizer"], path)
 
 
 def write_turntable(ctx: StageContext, particle: Particle, folder: Path, again: bool = True) -> list[Path]:
@@ -203,7 +180,7 @@ def write_turntable(ctx: StageContext, particle: Particle, folder: Path, again: 
     paths = [folder / f"turntable_{i}.png" for i in range(n)]
     if not again and all(p.exists() for p in paths):
         return paths
-    cameras = turntable_cameras(n, ncfg, ctx.device)
+    cameras = turntable_cameras(n, ctx.cfg.cameras, ctx.device)
     res = ncfg.resolutions[-1]
     with torch.no_grad():
         for i, path in enumerate(paths):

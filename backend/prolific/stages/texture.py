@@ -13,15 +13,16 @@ import torch
 
 from ..config import TextureConfig
 from ..errors import BadRequest
-from ..field.dmtet import TriMesh
+from ..field.trimesh import TriMesh
 from ..field.texture import AlbedoField
+from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .common import (StageContext, field_optimizer, load_optimizer_state, rng_state, run_steps, score_distillation,
-                     set_rng_state)
-from .geometry import refine_prior_config
+from .context import StageContext
+from .optimizers import field_optimizer, load_optimizer_state
+from .runner import Guidance, stage_prior
 
 STAGE = "texture"
 # Regression onto the NeRF albedo: at most this many steps and never more than the stage's own step count (a fit
@@ -29,16 +30,6 @@ STAGE = "texture"
 INIT_FIT_STEPS = 200
 INIT_FIT_POINTS = 1 << 16
 WHITE = (1.0, 1.0, 1.0)
-
-
-def upstream_geometry(ctx: StageContext, inputs: dict | None) -> dict:
-    if inputs is not None:
-        return inputs
-    if not ctx.stage_done("geometry"):
-        raise BadRequest("The texture stage starts from a finished geometry stage: include it "
-                         "(--stages geometry,texture).")
-    from . import geometry
-    return geometry.run(StageContext(**{**ctx.__dict__, "resume": True}), None)
 
 
 def frozen(background):
@@ -60,86 +51,82 @@ def stage_backgrounds(tcfg: TextureConfig, upstream: list) -> list:
     return [WHITE if b is None else copy.deepcopy(b).requires_grad_(True) for b in upstream]
 
 
-def run(ctx: StageContext, inputs: dict | None = None) -> dict:
-    cfg, tcfg = ctx.cfg, ctx.cfg.texture
-    geo = upstream_geometry(ctx, inputs)
-    meshes: list[TriMesh] = geo["meshes"]
-    fields = [AlbedoField(cfg.nerf, ctx.device) for _ in meshes]
-    backgrounds = stage_backgrounds(tcfg, geo.get("backgrounds") or [None] * len(fields))
-    optimizers = [make_optimizer(f, b, tcfg) for f, b in zip(fields, backgrounds)]
-    state = ctx.load_checkpoint(STAGE)
-    start = 0
-    if state is not None:
-        if len(state["particles"]) != len(fields):
-            raise BadRequest(f"The checkpoint {ctx.checkpoint_path(STAGE)} holds {len(state['particles'])} "
-                             f"particle(s) but the job asks for {len(fields)}: use a new output folder.")
-        for f, b, opt, saved in zip(fields, backgrounds, optimizers, state["particles"]):
+class TextureStage:
+    """Stage 3 in the runner's protocol (runner.Stage)."""
+
+    name = STAGE
+
+    def __init__(self, ctx: StageContext, upstream: dict | None):
+        if upstream is None:
+            raise BadRequest("The texture stage starts from a finished geometry stage: include it "
+                             "(--stages geometry,texture).")
+        self.ctx, self.settings, self.upstream = ctx, ctx.cfg.texture, upstream
+        self.meshes: list[TriMesh] = upstream["meshes"]
+        self.fields = [AlbedoField(ctx.cfg.hash_grid, ctx.cfg.nerf.bound, ctx.device) for _ in self.meshes]
+        self.backgrounds = stage_backgrounds(self.settings, upstream.get("backgrounds") or [None] * len(self.fields))
+        self.optimizers = [make_optimizer(f, b, self.settings) for f, b in zip(self.fields, self.backgrounds)]
+        self.raster = make_rasterizer(ctx.device)
+        self.normals = [m.vertex_normals() for m in self.meshes]
+
+    def initialise(self) -> None:
+        """Each field first copies its NeRF's albedo on the surface."""
+        nerf_albedos = self.upstream.get("textures") or [None] * len(self.fields)
+        for f, mesh, nerf_albedo in zip(self.fields, self.meshes, nerf_albedos):
+            if nerf_albedo is not None and mesh.faces.shape[0] > 0:
+                points = mesh.sample_surface(INIT_FIT_POINTS, self.ctx.generator)
+                f.fit(nerf_albedo, points, min(INIT_FIT_STEPS, self.settings.steps), generator=self.ctx.generator)
+
+    def signature(self) -> dict:
+        return {"particles": self.ctx.cfg.particles, "guidance": self.settings.guidance}
+
+    def guidance(self) -> Guidance:
+        return Guidance(stage_prior(self.ctx.cfg.prior, self.settings.anneal_fraction), self.settings.guidance)
+
+    def step(self, step: int, guidance: ScoreDistillation) -> torch.Tensor:
+        return train_step(self.ctx, self.raster, self.meshes, self.normals, self.fields, self.optimizers,
+                          self.backgrounds, guidance, step)
+
+    def state_dict(self) -> dict:
+        particles = []
+        for f, b, opt in zip(self.fields, self.backgrounds, self.optimizers):
+            saved = {"field": f.state_dict(), "optimizer": opt.state_dict()}
+            if isinstance(b, torch.nn.Module):
+                saved["background"] = b.state_dict()
+            particles.append(saved)
+        return {"particles": particles}
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        for f, b, opt, saved in zip(self.fields, self.backgrounds, self.optimizers, state["particles"]):
             f.load_state_dict(saved["field"])
             if isinstance(b, torch.nn.Module) and "background" in saved:
                 b.load_state_dict(saved["background"])
-            load_optimizer_state(opt, saved["optimizer"], ctx.checkpoint_path(STAGE))
-        set_rng_state(ctx.generator, state["rng"])
-        start = min(state["step"], tcfg.steps)
-    else:
-        for f, mesh, nerf_albedo in zip(fields, meshes, geo.get("textures") or [None] * len(fields)):
-            if nerf_albedo is not None and mesh.faces.shape[0] > 0:
-                points = mesh.sample_surface(INIT_FIT_POINTS, ctx.generator)
-                f.fit(nerf_albedo, points, min(INIT_FIT_STEPS, tcfg.steps), generator=ctx.generator)
-    ctx.reporter.step(STAGE, start, tcfg.steps)
-    if start < tcfg.steps or state is None:
-        with score_distillation(ctx, refine_prior_config(cfg.prior, tcfg.anneal_fraction), tcfg.guidance,
-                                optimizers, state.get("guidance") if state is not None else None) as guidance:
-            train(ctx, meshes, fields, optimizers, backgrounds, guidance, start)
-    for f in fields:
-        f.requires_grad_(False)
-    return {"meshes": meshes, "textures": fields, "checkpoint": ctx.checkpoint_path(STAGE)}
+            load_optimizer_state(opt, saved["optimizer"], path)
+
+    def outputs(self, trained: bool) -> dict:
+        for f in self.fields:
+            f.requires_grad_(False)
+        return {"meshes": self.meshes, "textures": self.fields, "checkpoint": self.ctx.checkpoint_path(STAGE)}
 
 
 def make_optimizer(field: AlbedoField, background, tcfg: TextureConfig) -> torch.optim.Optimizer:
     return field_optimizer(field, background, tcfg.lr, tcfg.mlp_lr, tcfg.background_lr)
 
 
-def train(ctx: StageContext, meshes, fields, optimizers, backgrounds, guidance: ScoreDistillation,
-          start: int) -> None:
+def train_step(ctx: StageContext, raster, meshes: list[TriMesh], normals: list, fields: list, optimizers: list,
+               backgrounds: list, guidance: ScoreDistillation, step: int) -> torch.Tensor:
     tcfg = ctx.cfg.texture
-    raster = make_rasterizer(ctx.device)
-    normals = [m.vertex_normals() for m in meshes]
-
-    def step_fn(step: int) -> torch.Tensor:
-        cameras = sample_cameras(len(fields), ctx.cfg.nerf, ctx.generator, ctx.device)
-        images = torch.cat([
-            render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution,
-                        shading="albedo", normals=normals[k], albedo_fn=fields[k], background=backgrounds[k],
-                        antialias=False)["rgb"]
-            for k, m in enumerate(meshes)])
-        loss, _ = guidance.loss(images, cameras.c2w, cameras.prompt_directions(ctx.cfg.prior), ctx.prompt_emb,
-                                step, tcfg.steps, ctx.generator)
+    cameras = sample_cameras(len(fields), ctx.cfg.cameras, ctx.generator, ctx.device)
+    images = torch.cat([
+        render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution, shading="albedo",
+                    normals=normals[k], albedo_fn=fields[k], background=backgrounds[k], antialias=False)["rgb"]
+        for k, m in enumerate(meshes)])
+    directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
+    loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, tcfg.steps, ctx.generator)
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    if loss.requires_grad:
+        loss.backward()
         for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        if loss.requires_grad:
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-        guidance.update_estimator(ctx.generator)
-        return images
-
-    run_steps(ctx, STAGE, tcfg, start, step_fn,
-              lambda done: save(ctx, fields, backgrounds, optimizers, guidance, done))
-
-
-def save(ctx: StageContext, fields, backgrounds, optimizers, guidance: ScoreDistillation, step: int) -> Path:
-    particles = []
-    for f, b, opt in zip(fields, backgrounds, optimizers):
-        saved = {"field": f.state_dict(), "optimizer": opt.state_dict()}
-        if isinstance(b, torch.nn.Module):
-            saved["background"] = b.state_dict()
-        particles.append(saved)
-    return ctx.save_checkpoint(STAGE, {
-        "stage": STAGE,
-        "step": step,
-        "total": ctx.cfg.texture.steps,
-        "done": step >= ctx.cfg.texture.steps,
-        "particles": particles,
-        "guidance": guidance.state_dict(),
-        "rng": rng_state(ctx.generator),
-    })
+            opt.step()
+    guidance.update_estimator(ctx.generator)
+    return images

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..prior.diffusion import VIEW_SUFFIXES
+from ..prior.prompts import VIEW_SUFFIXES
 from ..render.cameras import cameras_from_angles
 from .render import VIEW_DISTANCE, VIEW_FOV_DEG, render
 from .shapes import HELD_OUT, PALETTE, SHAPES, caption, nearest_colour, training_pairs

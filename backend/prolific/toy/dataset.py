@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import NerfConfig
-from ..prior.diffusion import VIEW_SUFFIXES
+from ..config import CameraConfig
+from ..prior.prompts import VIEW_SUFFIXES, ViewSectors
 from ..render.cameras import Cameras, sample_cameras, sample_light_dirs
 from .render import render
 from .shapes import OBJECT_WORD, PALETTE, caption, training_pairs
@@ -46,11 +46,11 @@ class ToyData:
     """Random batches of captioned renders. Deterministic for a given torch.Generator (on `device`)."""
 
     def __init__(self, image_size: int = 64, holdout: bool = True, supersample: int = 2,
-                 nerf: NerfConfig | None = None):
+                 cameras: CameraConfig | None = None):
         self.image_size = image_size
         self.pairs = training_pairs(holdout)
         self.supersample = supersample
-        self.nerf = nerf or NerfConfig()
+        self.cameras = cameras or CameraConfig()
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> Batch:
         g_device = generator.device
@@ -63,13 +63,13 @@ class ToyData:
         colours = [self.pairs[i][1] for i in picks]
         albedo = torch.tensor([PALETTE[c] for c in colours], device=g_device)
         albedo = (albedo + ALBEDO_JITTER * (2 * rand(n, 3) - 1)).clamp(0, 1)
-        cameras = sample_cameras(n, self.nerf, generator, g_device)
+        cameras = sample_cameras(n, self.cameras, generator, g_device)
         light = sample_light_dirs(cameras, generator)
         ambient = 0.3 + 0.25 * rand(n)
         shaded = rand(n) >= P_FLAT
         kind, suffix = rand(n).tolist(), rand(n).tolist()
         captions = []
-        directions = cameras.directions(*CAPTION_SECTORS_DEG)
+        directions = ViewSectors(*CAPTION_SECTORS_DEG).directions(cameras)
         for s, c, k, u, d in zip(shapes, colours, kind, suffix, directions):
             if k < P_COLOUR_ONLY:
                 text = caption(OBJECT_WORD, c)

@@ -16,7 +16,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ..prior.tokenizer import build_word_tokenizer
+from .tokenizer import build_word_tokenizer
 from .shapes import HELD_OUT, PALETTE, SHAPES, vocabulary
 
 MAX_TOKENS = 24  # the longest toy prompt with its view suffix is 8 tokens; longer prompts are truncated

@@ -11,13 +11,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import NerfConfig
+from ..config import CameraConfig
 from ..render.cameras import Cameras
 from .shapes import RADIUS, sdf
 
 # The camera the prior check and the quality benchmark look from: the middle of stage 1's ranges.
-VIEW_DISTANCE = sum(NerfConfig.camera_distance) / 2
-VIEW_FOV_DEG = sum(NerfConfig.fov_deg) / 2
+VIEW_DISTANCE = sum(CameraConfig.camera_distance) / 2
+VIEW_FOV_DEG = sum(CameraConfig.fov_deg) / 2
 
 HIT_EPS = 2e-3
 COMPACT_EVERY = 8

@@ -16,7 +16,7 @@ from transformers import CLIPTokenizer
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 EOW = "</w>"
-# Words of the view-dependent prompt suffixes (prior/diffusion.VIEW_SUFFIXES), always in the vocabulary.
+# Words of the view-dependent prompt suffixes (prior/prompts.VIEW_SUFFIXES), always in the vocabulary.
 VIEW_WORDS = ("front", "side", "back", "overhead", "view", ",")
 # CLIP's pre-tokeniser: letter runs, single digits, punctuation runs (text is lower-cased first).
 _PIECES = re.compile(r"[^\W\d_]+|\d|[^\s\w]+|_+")

@@ -27,8 +27,8 @@ from PIL import Image
 
 from ..export.seams import split_at_seams
 from ..render.cameras import Cameras, orbit_cameras
-from .render import VIEW_DISTANCE, VIEW_FOV_DEG, render, trace
-from .shapes import PALETTE, SHAPES, nearest_colour, parse_caption, sdf
+from ..toy.render import VIEW_DISTANCE, VIEW_FOV_DEG, render, trace
+from ..toy.shapes import PALETTE, SHAPES, nearest_colour, parse_caption, sdf
 
 DEFAULT_PROMPTS = ("a red cube", "a green cone", "a blue torus", "a yellow snowman")
 DIVERSITY_PROMPT = "a red object"

@@ -86,7 +86,7 @@ def build_sd_shaped_model(folder: Path, shape: str = "sd21", device: str | torch
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tokenizer import build_word_tokenizer
+    from ..toy.tokenizer import build_word_tokenizer
 
     if shape not in SHAPES:
         raise ValueError(f"Unknown model shape '{shape}': use one of {', '.join(SHAPES)}.")

@@ -1,0 +1,200 @@
+"""The one skeleton every stage runs in: the `Stage` protocol and `run_stage`, which owns checkpoint loading,
+the compatibility check, the RNG state, the step loop with previews and cancel, saving, and upstream reloads.
+
+A checkpoint `<job_dir>/checkpoints/<stage>.pt` holds {"stage", "step", "total", "done", "signature", "guidance"
+(the score estimator), "rng"} plus the stage's own `state_dict()` entries. It is written every
+`checkpoint_every` steps, at the end (with done), and on cancel; resuming continues from it, and a stage whose
+checkpoint is done only reloads its outputs from it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from ..config import PriorConfig
+from ..errors import BadRequest, Cancelled
+from ..prior import speed
+from ..prior.vsd import ScoreDistillation
+from .context import StageContext, save_png
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What a stage distils from: the prior settings it runs with and "vsd" or "sds"."""
+    prior: PriorConfig
+    mode: str
+
+
+class Stage(Protocol):
+    """One stage's math. `name` is its config section and checkpoint file; `settings` that section (the runner
+    reads steps, checkpoint_every and preview_every); `optimizers` the Adam optimizers `step` uses, which the
+    runner may replace in place with fused ones (prior.speed)."""
+
+    name: str
+    settings: Any
+    optimizers: list
+
+    def __init__(self, ctx: StageContext, upstream: dict | None) -> None:
+        """Build the trainable parts from the job and the previous stage's outputs (None when that stage is not
+        at hand: a stage resumed from its own checkpoint may not need it)."""
+
+    def initialise(self) -> None:
+        """A fresh start's initial state (e.g. the surface from the NeRF); not called when resuming."""
+
+    def signature(self) -> dict:
+        """The settings a checkpoint must share with the job to continue it (e.g. {"particles": 2})."""
+
+    def guidance(self) -> Guidance:
+        """The prior settings and the distillation mode of this stage's steps."""
+
+    def step(self, step: int, guidance: ScoreDistillation) -> torch.Tensor:
+        """One optimisation step; returns the images it rendered (the first is the preview)."""
+
+    def state_dict(self) -> dict:
+        """The stage's own checkpoint entries (its particles' parameters and optimizers)."""
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        """Restore what `state_dict` saved; `path` names the file in errors."""
+
+    def outputs(self, trained: bool) -> dict:
+        """What the next stage and the export get; `trained` says whether any step ran in this job."""
+
+
+def run_stage(ctx: StageContext, stage_cls: type[Stage], upstream: dict | None, resume: bool) -> dict:
+    """Build the stage, continue its checkpoint when `resume` finds one (else initialise it), run the steps
+    that are left and return its outputs."""
+    stage = stage_cls(ctx, upstream)
+    total = stage.settings.steps
+    path = ctx.checkpoint_path(stage.name)
+    state = read_checkpoint(path, ctx.device) if resume and path.exists() else None
+    start = 0
+    if state is None:
+        stage.initialise()
+    else:
+        start = min(state["step"], total)
+        check_signature(state["signature"], stage.signature(), start < total, path)
+        stage.load_state_dict(state, path)
+        set_rng_state(ctx.generator, state["rng"])
+    ctx.reporter.step(stage.name, start, total)
+    trained = state is None or start < total
+    if trained:
+        with score_distillation(ctx, stage.guidance(), stage.optimizers,
+                                state["guidance"] if state is not None else None) as guidance:
+            run_steps(ctx, stage.name, stage.settings, start, lambda step: stage.step(step, guidance),
+                      lambda done: save_checkpoint(ctx, stage, guidance, done))
+    return stage.outputs(trained)
+
+
+def reload_stage(ctx: StageContext, stages: Sequence[type[Stage]]) -> dict | None:
+    """The outputs of the last of `stages` (a job's stages in order, up to it) from its finished checkpoint,
+    with those before it reloaded the same way where they finished; None when it has no finished checkpoint
+    (e.g. --stages geometry,texture continues an earlier nerf-only run in the same folder)."""
+    *before, stage = stages
+    if not ctx.stage_done(stage.name):
+        return None
+    upstream = reload_stage(ctx, before) if before else None
+    return run_stage(ctx, stage, upstream, resume=True)
+
+
+def read_checkpoint(path: Path, device: torch.device) -> dict:
+    return upgrade_checkpoint(torch.load(path, map_location=device, weights_only=True))
+
+
+def upgrade_checkpoint(state: dict) -> dict:
+    """A checkpoint in today's layout. Those written before the runner (commit c87ba52 and earlier) named stage
+    1's estimator "estimator" and saved no signature: theirs follows from what they hold."""
+    state = dict(state)
+    if "estimator" in state:
+        state["guidance"] = state.pop("estimator")
+    if "signature" not in state:
+        state["signature"] = {"particles": len(state["particles"]), "guidance": state["guidance"].get("guidance")}
+        if "tet_res" in state:
+            state["signature"]["tet_res"] = state.pop("tet_res")
+    return state
+
+
+def check_signature(saved: dict, wanted: dict, training: bool, path: Path) -> None:
+    """BadRequest naming both sides when the job's settings differ from the checkpoint's. A finished stage is
+    only reloaded, so how it was distilled (its guidance) no longer matters then."""
+    if not training:
+        wanted = {k: v for k, v in wanted.items() if k != "guidance"}
+    differs = [k for k in wanted if saved.get(k) != wanted[k]]
+    if differs:
+        def describe(values: dict) -> str:
+            return ", ".join(f"{k} {values.get(k)}" for k in differs)
+        raise BadRequest(f"The checkpoint {path} was made with {describe(saved)} but the job asks for "
+                         f"{describe(wanted)}: resume with the same settings or use a new output folder.")
+
+
+def save_checkpoint(ctx: StageContext, stage: Stage, guidance: ScoreDistillation, step: int) -> Path:
+    total = stage.settings.steps
+    return ctx.save_checkpoint(stage.name, {
+        "stage": stage.name, "step": step, "total": total, "done": step >= total, "signature": stage.signature(),
+        **stage.state_dict(), "guidance": guidance.state_dict(), "rng": rng_state(ctx.generator)})
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """The job generator's state and the global CPU one (module initialisation draws from it)."""
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(generator: torch.Generator, state: dict) -> None:
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
+
+
+def stage_prior(prior_cfg: PriorConfig, anneal_fraction: float, sds_guidance_scale: float | None = None) -> PriorConfig:
+    """The prior settings of stages 2 and 3: their own share of steps with the wide t range before
+    U(t_min, t_max_annealed) (threestudio's geometry/texture configs: the first 5000 steps) and, where the stage
+    has its own SDS guidance knob, its scale."""
+    changes: dict[str, Any] = {"anneal_fraction": anneal_fraction}
+    if sds_guidance_scale is not None:
+        changes["sds_guidance_scale"] = sds_guidance_scale
+    return dataclasses.replace(prior_cfg, **changes)
+
+
+@contextlib.contextmanager
+def score_distillation(ctx: StageContext, guidance: Guidance, optimizers: list, state: dict | None = None):
+    """A ScoreDistillation on the shared prior, restored from `state` when given, with the job's speed options
+    (prior.speed) applied; Adam optimizers in `optimizers` may be replaced in place by fused ones. On exit the
+    estimator and every patch come off the shared UNet, which the next stage and the next job reuse."""
+    distill = ScoreDistillation(ctx.prior, guidance.prior, guidance.mode)
+    try:
+        if state is not None:
+            distill.load_state_dict(state)
+        speed.accelerate(ctx.prior, distill, speed.job_options(ctx.cfg.prior.speed, ctx.device), optimizers)
+        yield distill
+    finally:
+        speed.unbatch_branches(distill)
+        distill.close()
+
+
+def run_steps(ctx: StageContext, stage: str, stage_cfg, start: int, step_fn: Callable[[int], torch.Tensor],
+              save_fn: Callable[[int], Any]) -> None:
+    """The step loop. step_fn(step) runs one step and returns the images it rendered (the first is the preview);
+    save_fn(done) writes the checkpoint. Previews every `preview_every`, checkpoints every `checkpoint_every` and
+    at the end, a progress event per step; on cancel the finished steps are saved first so that --resume
+    continues from there. Zero steps left still write the final (done) checkpoint."""
+    total, done = stage_cfg.steps, start
+    try:
+        for step in range(start, total):
+            ctx.reporter.check_cancel()
+            images = step_fn(step)
+            done = step + 1
+            preview = None
+            if done % stage_cfg.preview_every == 0 or done == total:
+                preview = save_png(images[0], ctx.preview_path(stage, done))
+            if done % stage_cfg.checkpoint_every == 0 or done == total:
+                save_fn(done)
+            ctx.reporter.step(stage, done, total, preview)
+        if total == start:
+            save_fn(total)
+    except Cancelled:
+        if done > start and done % stage_cfg.checkpoint_every != 0 and done != total:
+            save_fn(done)
+        raise
