@@ -18,6 +18,9 @@ from .errors import BadRequest
 
 STAGES = ("nerf", "geometry", "texture")
 GUIDANCES = ("vsd", "sds")
+RENDERERS = ("auto", "packed", "dense")
+HASHGRIDS = ("auto", "torch", "triton", "tcnn")
+MLP_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -94,6 +97,20 @@ class NerfConfig:
     fov_deg: tuple[float, float] = (40.0, 70.0)
     checkpoint_every: int = 1000
     preview_every: int = 100
+    # The fast path, resolved when a particle is built. renderer: packed = fixed steps through the occupancy
+    # grid, only occupied samples evaluated (render/packed.py); dense = samples_per_ray spread over each ray's
+    # occupied stretch (render/volume.py); auto = packed. hashgrid: auto = the Triton kernel on CUDA when triton
+    # imports, else PyTorch; tcnn = tiny-cuda-nn (CUDA only). Stage 3's texture field uses the same hash grid.
+    renderer: str = "auto"
+    hashgrid: str = "auto"
+    # Packed marching: this many steps over the cube's diagonal (threestudio's num_samples_per_ray 512, the
+    # official code's max_steps 1024 over its bound), and a ray stops once its transmittance falls below
+    # early_stop (nerfacc's early_stop_eps 1e-4; 0 evaluates every occupied sample).
+    march_steps: int = 512
+    early_stop: float = 1e-4
+    # The density/albedo MLP's precision: fp32, or bf16/fp16 autocast on CUDA (outputs and the density
+    # activation stay fp32); a CPU always runs fp32.
+    mlp_precision: str = "fp32"
 
 
 @dataclass
@@ -422,6 +439,12 @@ def _validate(cfg: JobConfig) -> None:
     _require(min(n.sparsity_weight, n.opacity_weight, n.entropy_weight) >= 0,
              "nerf.sparsity_weight, opacity_weight and entropy_weight must not be negative.")
     _require(0.0 <= n.opacity_start_fraction <= 1.0, "nerf.opacity_start_fraction must lie in [0, 1].")
+    _require(n.renderer in RENDERERS, f"Unknown nerf.renderer '{n.renderer}': use {', '.join(RENDERERS)}.")
+    _require(n.hashgrid in HASHGRIDS, f"Unknown nerf.hashgrid '{n.hashgrid}': use {', '.join(HASHGRIDS)}.")
+    _require(8 <= n.march_steps <= 4096, "nerf.march_steps must lie in 8..4096.")
+    _require(0.0 <= n.early_stop < 1.0, "nerf.early_stop must lie in [0, 1).")
+    _require(n.mlp_precision in MLP_PRECISIONS,
+             f"Unknown nerf.mlp_precision '{n.mlp_precision}': use {', '.join(MLP_PRECISIONS)}.")
     g = cfg.geometry
     _require(4 <= g.tet_res <= 512, "geometry.tet_res must lie in 4..512.")
     _require(len(g.betas) == 2 and all(0.0 <= b < 1.0 for b in g.betas) and g.eps > 0,

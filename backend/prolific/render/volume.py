@@ -132,6 +132,32 @@ def _eval_field(nerf, x: torch.Tensor, with_normal: bool):
     return tuple(torch.cat(outs) for outs in zip(*parts))
 
 
+def light_directions(cameras: Cameras, light_dir, dtype) -> torch.Tensor:
+    """Unit directions toward the light per camera [B,3]: `light_dir` ([3] or [B,3]) or, when None, each camera."""
+    if light_dir is None:
+        return cameras.position / cameras.position.norm(dim=-1, keepdim=True)
+    return torch.as_tensor(light_dir, dtype=dtype, device=cameras.device).reshape(-1, 3).expand(len(cameras), 3)
+
+
+def shade(albedo: torch.Tensor, normal: torch.Tensor, light: torch.Tensor, shading: str) -> torch.Tensor:
+    """The colour a sample contributes: its albedo lit by `light` [N,3] (lambertian), or white lit."""
+    lit = AMBIENT + DIFFUSE * (normal * light).sum(-1, keepdim=True).clamp_min(0.0)
+    return lit * (albedo if shading == "lambertian" else torch.ones_like(albedo))
+
+
+def check_shading(shading: str) -> None:
+    if shading not in SHADINGS:
+        raise ValueError(f"Unknown shading '{shading}': use one of {', '.join(SHADINGS)}.")
+
+
+def as_images(out: dict[str, torch.Tensor], B: int, H: int, W: int) -> dict[str, torch.Tensor]:
+    """Per-ray outputs [B·H·W, C] of `rgb`, `opacity`, `depth` and `normal` as images [B,C,H,W]."""
+    for key in ("rgb", "opacity", "depth", "normal"):
+        if key in out:
+            out[key] = out[key].reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+    return out
+
+
 def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str = "albedo",
                 occupancy: OccupancyGrid | None = None, samples_per_ray: int = 64,
                 light_dir: torch.Tensor | None = None, jitter: bool | None = None,
@@ -147,14 +173,25 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
     (where the field was evaluated; elsewhere the weight is 0) for regularisers and, for lambertian/textureless,
     normal [B,3,H,W] (composited world normals).
     """
-    if shading not in SHADINGS:
-        raise ValueError(f"Unknown shading '{shading}': use one of {', '.join(SHADINGS)}.")
-    jitter = nerf.training if jitter is None else jitter
-    B, S = len(cameras), int(samples_per_ray)
+    check_shading(shading)
+    B = len(cameras)
     origins, dirs = cameras.rays(H, W)
-    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    ray_batch = torch.arange(B, device=origins.device).repeat_interleave(H * W)
+    light = light_directions(cameras, light_dir, origins.dtype)[ray_batch] if shading != "albedo" else None
+    out = render_rays(nerf, background, origins.reshape(-1, 3), dirs.reshape(-1, 3), ray_batch, light, shading,
+                      occupancy, samples_per_ray, jitter, generator)
+    return as_images(out, B, H, W)
+
+
+def render_rays(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray_batch: torch.Tensor,
+                light: torch.Tensor | None, shading: str = "albedo", occupancy: OccupancyGrid | None = None,
+                samples_per_ray: int = 64, jitter: bool | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """`render_nerf` for rays origins/dirs [R,3] (ray_batch [R]: each ray's image, for a per-image background;
+    light [R,3] toward the light, for lambertian/textureless): the same outputs per ray, rgb [R,3] etc."""
+    jitter = nerf.training if jitter is None else jitter
+    S = int(samples_per_ray)
     R, device = origins.shape[0], origins.device
-    ray_batch = torch.arange(B, device=device).repeat_interleave(H * W)
 
     near, far = ray_aabb(origins, dirs, nerf.bound)
     far = torch.maximum(far, near)
@@ -181,13 +218,7 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
         x = pts.reshape(-1, 3)[sel]
         if need_normals:
             sigma_s, albedo_s, n_s = _eval_field(nerf, x, with_normal=True)
-            if light_dir is None:
-                light = cameras.position / cameras.position.norm(dim=-1, keepdim=True)  # [B,3]
-            else:
-                light = torch.as_tensor(light_dir, dtype=x.dtype, device=device).reshape(-1, 3).expand(B, 3)
-            sample_batch = ray_batch[sel // S]
-            lit = AMBIENT + DIFFUSE * (n_s * light[sample_batch]).sum(-1, keepdim=True).clamp_min(0.0)
-            albedo_s = lit * (albedo_s if shading == "lambertian" else torch.ones_like(albedo_s))
+            albedo_s = shade(albedo_s, n_s, light[sel // S], shading)
             normal = normal.index_put((sel,), n_s)
         else:
             sigma_s, albedo_s = _eval_field(nerf, x, with_normal=False)
@@ -204,11 +235,8 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
     rgb = rgb + (1 - opacity) * _background_rgb(background, dirs, ray_batch)
     depth = (weights * t).sum(1, keepdim=True) / opacity.clamp_min(1e-6)
 
-    def image(v: torch.Tensor) -> torch.Tensor:
-        return v.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
-
-    out = {"rgb": image(rgb), "opacity": image(opacity), "depth": image(depth), "weights": weights,
-           "sampled": mask}
+    out = {"rgb": rgb, "opacity": opacity, "depth": depth, "weights": weights, "sampled": mask,
+           "n_samples": int(sel.numel())}
     if need_normals:
-        out["normal"] = image((weights[..., None] * normal.reshape(R, S, 3)).sum(1))
+        out["normal"] = (weights[..., None] * normal.reshape(R, S, 3)).sum(1)
     return out
