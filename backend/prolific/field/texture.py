@@ -23,7 +23,8 @@ class AlbedoField(nn.Module):
         super().__init__()
         self.bound = float(cfg.bound)
         self.encoding = make_hash_encoding(cfg.hash_levels, cfg.hash_features, cfg.hash_log2_size,
-                                           cfg.hash_base_res, cfg.hash_max_res, device=device)
+                                           cfg.hash_base_res, cfg.hash_max_res, device=device,
+                                           impl=cfg.hashgrid)
         self.mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, HIDDEN), nn.ReLU(inplace=True),
                                  nn.Linear(HIDDEN, 3))
         self.to(device or "cpu")
