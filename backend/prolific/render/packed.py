@@ -5,10 +5,11 @@ samples only, and `composite` (segment ops, or the Triton kernel on CUDA) turns 
 `render_nerf`'s, with weights/sampled per packed sample [N] instead of [R,S] (the regularisers read
 weights[sampled] either way).
 
-Early termination (a ray stops once its transmittance is below `early_stop`) needs the densities, so it is done
-as nerfacc does: one pass of the density alone without gradients over the packed samples, then the samples
-behind the threshold are dropped before the field runs with gradients, so neither its forward nor its backward
-pays for them.
+Early termination (a ray stops once its transmittance is below `early_stop`) and skipping near-empty samples
+(alpha below `alpha_threshold`) need the densities, so they are done as nerfacc's sampling with a sigma_fn (what
+threestudio renders with): one pass of the density alone without gradients over the packed samples, then those
+samples are dropped before the field runs with gradients, so neither its forward nor its backward pays for
+them.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ _DENSITY_CHUNK = 1 << 20  # points per no-grad density call of the early-termina
 
 def render_nerf_packed(nerf, background, cameras: Cameras, H: int, W: int, shading: str = "albedo",
                        occupancy: OccupancyGrid | None = None, step: float = 0.01, early_stop: float = 0.0,
-                       light_dir: torch.Tensor | None = None, jitter: bool | None = None,
+                       alpha_threshold: float = 0.0, light_dir: torch.Tensor | None = None, jitter: bool | None = None,
                        generator: torch.Generator | None = None,
                        composite: Callable = composite_torch) -> dict[str, torch.Tensor]:
     """`render_nerf` (same arguments and outputs) with packed samples every `step` world units."""
@@ -40,20 +41,21 @@ def render_nerf_packed(nerf, background, cameras: Cameras, H: int, W: int, shadi
     ray_batch = torch.arange(B, device=origins.device).repeat_interleave(H * W)
     light = light_directions(cameras, light_dir, origins.dtype)[ray_batch] if shading != "albedo" else None
     out = render_rays_packed(nerf, background, origins.reshape(-1, 3), dirs.reshape(-1, 3), ray_batch, light,
-                             shading, occupancy, step, early_stop, jitter, generator, composite)
+                             shading, occupancy, step, early_stop, alpha_threshold, jitter, generator, composite)
     return as_images(out, B, H, W)
 
 
 def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray_batch: torch.Tensor,
                        light: torch.Tensor | None, shading: str = "albedo", occupancy: OccupancyGrid | None = None,
-                       step: float = 0.01, early_stop: float = 0.0, jitter: bool | None = None,
+                       step: float = 0.01, early_stop: float = 0.0, alpha_threshold: float = 0.0,
+                       jitter: bool | None = None,
                        generator: torch.Generator | None = None,
                        composite: Callable = composite_torch) -> dict[str, torch.Tensor]:
     """`volume.render_rays` with packed samples: per-ray outputs for rays origins/dirs [R,3]."""
     jitter = nerf.training if jitter is None else jitter
     samples = march_rays(origins, dirs, nerf.bound, step, occupancy, jitter, generator)
-    if early_stop > 0 and len(samples) > 0:
-        samples = _drop_terminated(nerf, samples, origins, dirs, early_stop)
+    if (early_stop > 0 or alpha_threshold > 0) and len(samples) > 0:
+        samples = _prune(nerf, samples, origins, dirs, early_stop, alpha_threshold)
     ray, t = samples.ray, samples.t
     x = origins[ray] + t[:, None] * dirs[ray]
     need_normals = shading != "albedo"
@@ -75,24 +77,26 @@ def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tens
 
 
 @torch.no_grad()
-def _drop_terminated(nerf, samples: PackedSamples, origins, dirs, early_stop: float) -> PackedSamples:
+def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha_threshold: float) -> PackedSamples:
     x = origins[samples.ray] + samples.t[:, None] * dirs[samples.ray]
-    sigma = torch.cat([nerf.density(chunk).float() for chunk in x.split(_DENSITY_CHUNK)])
-    return samples.select(transmittance(sigma * samples.dt, samples.ray, samples.offsets) >= early_stop)
+    sigma_dt = torch.cat([nerf.density(chunk).float() for chunk in x.split(_DENSITY_CHUNK)]) * samples.dt
+    keep = transmittance(sigma_dt, samples.ray, samples.offsets) >= early_stop
+    return samples.select(keep & (1 - torch.exp(-sigma_dt) >= alpha_threshold))
 
 
 @dataclass(frozen=True)
 class PackedRenderer:
-    """render_nerf_packed with a particle's settings: step, early_stop and the compositing implementation."""
+    """render_nerf_packed with a particle's settings: step, the pruning thresholds, the compositing."""
 
     step: float
-    early_stop: float
+    early_stop: float = 0.0
+    alpha_threshold: float = 0.0
     composite: Callable = composite_torch
     name: str = "packed"
 
     def __call__(self, nerf, background, cameras: Cameras, H: int, W: int, **kwargs) -> dict[str, torch.Tensor]:
         return render_nerf_packed(nerf, background, cameras, H, W, step=self.step, early_stop=self.early_stop,
-                                  composite=self.composite, **kwargs)
+                                  alpha_threshold=self.alpha_threshold, composite=self.composite, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ def make_renderer(cfg: NerfConfig, device: torch.device | str | None = None):
     composites with the Triton kernel, elsewhere with segment ops."""
     if cfg.renderer == "dense":
         return DenseRenderer(cfg.samples_per_ray)
-    return PackedRenderer(march_step(cfg.bound, cfg.march_steps), cfg.early_stop, fused_composite(device))
+    return PackedRenderer(march_step(cfg.bound, cfg.march_steps), cfg.early_stop, cfg.alpha_threshold,
+                          fused_composite(device))
 
 
 def fused_composite(device: torch.device | str | None) -> Callable:
