@@ -55,6 +55,7 @@ def test_hashgrid_forward_matches_torch(args):
     with torch.no_grad():
         a, b = ref(x), fused(x)
     assert b.dtype == torch.float32 and b.shape == a.shape
+    assert fused(x[:0]).shape == (0, fused.out_dim)
     assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
 
 

@@ -32,14 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_particles(cfg, device: torch.device, options: SpeedOptions, n: int, reference: bool = False) -> list:
-    """Stage 1's own particles. The reference renders dense with the PyTorch hash grid (every sample of every
-    ray, as before the fast path); `tcnn` asks for tiny-cuda-nn where it imports; otherwise the config's choice
-    (auto: the Triton hash grid on CUDA, the packed renderer). Without `occupancy` no grid skips empty space."""
+    """Stage 1's own particles with the config's renderer (`prolific bench render` compares renderers). The
+    reference uses the PyTorch hash grid; `tcnn` asks for tiny-cuda-nn where it imports; otherwise the config's
+    hash grid (auto: Triton on CUDA). Without `occupancy` no grid skips empty space."""
     from ..field.hashgrid import tcnn_available
     from ..stages import nerf as nerf_stage
 
     if reference:
-        cfg = dataclasses.replace(cfg, hashgrid="torch", renderer="dense")
+        cfg = dataclasses.replace(cfg, hashgrid="torch")
     elif options.tcnn and device.type == "cuda" and tcnn_available():
         cfg = dataclasses.replace(cfg, hashgrid="tcnn")
     particles = [nerf_stage.make_particle(cfg, device) for _ in range(n)]

@@ -112,10 +112,6 @@ def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, 
         tl.store(grad_x_ptr + idx * 3 + 2, gx2, mask=m)
 
 
-def _pow2(n: int) -> int:
-    return triton.next_power_of_2(n)
-
-
 def _layout(grid: TorchHashGrid) -> tuple:
     return grid._res.int().contiguous(), grid._mult.contiguous(), grid._offsets.contiguous()
 
@@ -127,9 +123,12 @@ class _TritonHashGridFunction(torch.autograd.Function):
         ctx.save_for_backward(x, params)
         n = x.shape[0]
         out = x.new_empty(n, grid.out_dim)
+        if n == 0:  # an empty launch grid is not a valid CUDA launch
+            return out
         res, mult, off = _layout(grid)
         _hashgrid_fwd[(triton.cdiv(n, BLOCK),)](x, params, out, res, mult, off, n, grid.n_levels, grid.n_dense,
-                                                grid._mask, F=grid.n_features, FP=_pow2(grid.n_features), BLOCK=BLOCK)
+                                                grid._mask, F=grid.n_features,
+                                                FP=triton.next_power_of_2(grid.n_features), BLOCK=BLOCK)
         return out
 
     @staticmethod
@@ -141,12 +140,12 @@ class _TritonHashGridFunction(torch.autograd.Function):
         n = x.shape[0]
         grad_x = torch.zeros_like(x) if want_x else x.new_empty(0)
         grad_params = torch.zeros_like(params) if want_params else params.new_empty(0)
-        if want_x or want_params:
+        if n > 0 and (want_x or want_params):
             res, mult, off = _layout(grid)
-            _hashgrid_bwd[(triton.cdiv(n, BLOCK),)](x, params, grad_out.float().contiguous(), grad_params, grad_x,
-                                                    res, mult, off, n, grid.n_levels, grid.n_dense, grid._mask,
-                                                    F=grid.n_features, FP=_pow2(grid.n_features), WANT_PARAMS=want_params, WANT_X=want_x,
-                                                    BLOCK=BLOCK)
+            _hashgrid_bwd[(triton.cdiv(n, BLOCK),)](
+                x, params, grad_out.float().contiguous(), grad_params, grad_x, res, mult, off, n, grid.n_levels,
+                grid.n_dense, grid._mask, F=grid.n_features, FP=triton.next_power_of_2(grid.n_features),
+                WANT_PARAMS=want_params, WANT_X=want_x, BLOCK=BLOCK)
         return grad_x if want_x else None, grad_params if want_params else None, None
 
 

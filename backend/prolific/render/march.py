@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .volume import OccupancyGrid, _occupied_span, _rand, ray_aabb
+from .volume import OccupancyGrid, occupied_span, ray_aabb, uniform
 
 _CANDIDATES = 1 << 24  # lattice points generated at once (the rest of a frame waits for the next chunk)
 
@@ -60,8 +60,8 @@ def march_rays(origins: torch.Tensor, dirs: torch.Tensor, bound: float, step: fl
     R, device = origins.shape[0], origins.device
     entry, exit_ = ray_aabb(origins, dirs, bound)
     exit_ = torch.maximum(exit_, entry)
-    lo, hi = (entry, exit_) if occupancy is None else _occupied_span(occupancy, origins, dirs, entry, exit_)
-    u = _rand((R,), generator, device) if jitter else torch.full((R,), 0.5, device=device)
+    lo, hi = (entry, exit_) if occupancy is None else occupied_span(occupancy, origins, dirs, entry, exit_)
+    u = uniform((R,), generator, device) if jitter else torch.full((R,), 0.5, device=device)
     # Lattice indices k with lo <= t_k and t_k < hi (a sample straddling lo keeps its place on the lattice).
     first = ((lo - entry) / step - u).ceil().clamp_min(0)
     end = ((hi - entry) / step - u).ceil()

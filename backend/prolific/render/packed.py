@@ -19,11 +19,12 @@ from typing import Callable
 import torch
 
 from ..config import NerfConfig
+from ..field.hashgrid import triton_available
 from .cameras import Cameras
 from .composite import composite as composite_torch
 from .composite import transmittance
 from .march import PackedSamples, march_rays, march_step
-from .volume import (OccupancyGrid, _background_rgb, _eval_field, as_images, check_shading, light_directions,
+from .volume import (OccupancyGrid, as_images, background_rgb, check_shading, eval_field, light_directions,
                      render_nerf, shade)
 
 _DENSITY_CHUNK = 1 << 20  # points per no-grad density call of the early-termination pass
@@ -60,15 +61,15 @@ def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tens
     x = origins[ray] + t[:, None] * dirs[ray]
     need_normals = shading != "albedo"
     if need_normals:
-        sigma, albedo, normal = _eval_field(nerf, x, with_normal=True)
+        sigma, albedo, normal = eval_field(nerf, x, with_normal=True)
         color = shade(albedo, normal, light[ray], shading)
         features = torch.cat([color.float(), t[:, None], normal.float()], dim=1)
     else:
-        sigma, color = _eval_field(nerf, x, with_normal=False)
+        sigma, color = eval_field(nerf, x, with_normal=False)
         features = torch.cat([color.float(), t[:, None]], dim=1)
     weights, acc, opacity = composite(sigma.float() * samples.dt, features, ray, samples.offsets)
     opacity = opacity[:, None]
-    rgb = acc[:, :3] + (1 - opacity) * _background_rgb(background, dirs, ray_batch)
+    rgb = acc[:, :3] + (1 - opacity) * background_rgb(background, dirs, ray_batch)
     out = {"rgb": rgb, "opacity": opacity, "depth": acc[:, 3:4] / opacity.clamp_min(1e-6), "weights": weights,
            "sampled": torch.ones_like(weights, dtype=torch.bool), "n_samples": len(samples)}
     if need_normals:
@@ -121,10 +122,8 @@ def make_renderer(cfg: NerfConfig, device: torch.device | str | None = None):
 
 def fused_composite(device: torch.device | str | None) -> Callable:
     """The Triton compositing kernel on a CUDA device when triton imports, else the segment-op version."""
-    if torch.device(device or "cpu").type == "cuda":
-        try:
-            from ..kernels.composite import composite as composite_triton
-        except ImportError:
-            return composite_torch
+    if torch.device(device or "cpu").type == "cuda" and triton_available():
+        from ..kernels.composite import composite as composite_triton
+
         return composite_triton
     return composite_torch

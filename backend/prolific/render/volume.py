@@ -22,7 +22,7 @@ _CHUNK = 1 << 18  # points per density-function call while updating the grid
 _PROBE_CHUNK = 1 << 22  # grid lookups per step while finding each ray's occupied stretch
 
 
-def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+def uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """Uniform [0,1) numbers on `device`, drawn from `generator` (on its own device) when one is given."""
     if generator is None:
         return torch.rand(shape, device=device)
@@ -59,7 +59,7 @@ class OccupancyGrid(nn.Module):
         corner_max = nn.functional.max_pool3d(at_verts, kernel_size=2, stride=1)[0, 0]  # [res,res,res]
         cell = 2 * self.bound / res
         idx = torch.stack(torch.meshgrid(*(torch.arange(res, device=device),) * 3, indexing="ij"), -1).reshape(-1, 3)
-        u = _rand(idx.shape, generator, device)
+        u = uniform(idx.shape, generator, device)
         inner = self._eval(density_fn, -self.bound + (idx + u) * cell).reshape(res, res, res)
         new = torch.maximum(corner_max, inner)
         old = torch.where(torch.isinf(self.density), torch.zeros_like(new), self.density * self.decay)
@@ -87,7 +87,7 @@ def ray_aabb(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[t
 
 
 @torch.no_grad()
-def _occupied_span(grid: OccupancyGrid, origins, dirs, near, far) -> tuple[torch.Tensor, torch.Tensor]:
+def occupied_span(grid: OccupancyGrid, origins, dirs, near, far) -> tuple[torch.Tensor, torch.Tensor]:
     """Shrink [near, far] of each ray to the stretch between its first and last occupied cell (probing at half
     a cell), padded by one probe step; rays through empty cells only get far = near."""
     n_probe = int(math.ceil(2 * math.sqrt(3) * grid.res)) + 1
@@ -107,7 +107,7 @@ def _occupied_span(grid: OccupancyGrid, origins, dirs, near, far) -> tuple[torch
     return torch.cat(lo_out), torch.cat(hi_out)
 
 
-def _background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> torch.Tensor:
+def background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> torch.Tensor:
     if isinstance(background, nn.Module):
         return background(dirs)
     if background is None:
@@ -121,7 +121,7 @@ def _background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> 
 FIELD_CHUNK = 1 << 20
 
 
-def _eval_field(nerf, x: torch.Tensor, with_normal: bool):
+def eval_field(nerf, x: torch.Tensor, with_normal: bool):
     """nerf(x) for the sampled points; with gradients and many points, in chunks that keep only their outputs
     and recompute the network in backward (activation checkpointing), so memory grows ~10 floats per sample."""
     call = (lambda pts: nerf(pts, with_normal=True)) if with_normal else nerf
@@ -196,9 +196,9 @@ def render_rays(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray
     near, far = ray_aabb(origins, dirs, nerf.bound)
     far = torch.maximum(far, near)
     if occupancy is not None:
-        near, far = _occupied_span(occupancy, origins, dirs, near, far)
+        near, far = occupied_span(occupancy, origins, dirs, near, far)
     if jitter:
-        u = _rand((R, S), generator, device)
+        u = uniform((R, S), generator, device)
     else:
         u = torch.full((R, S), 0.5, device=device)
     delta = ((far - near) / S)[:, None]  # [R,1]
@@ -217,11 +217,11 @@ def render_rays(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray
     if sel.numel() > 0:
         x = pts.reshape(-1, 3)[sel]
         if need_normals:
-            sigma_s, albedo_s, n_s = _eval_field(nerf, x, with_normal=True)
+            sigma_s, albedo_s, n_s = eval_field(nerf, x, with_normal=True)
             albedo_s = shade(albedo_s, n_s, light[sel // S], shading)
             normal = normal.index_put((sel,), n_s)
         else:
-            sigma_s, albedo_s = _eval_field(nerf, x, with_normal=False)
+            sigma_s, albedo_s = eval_field(nerf, x, with_normal=False)
         sigma = sigma.index_put((sel,), sigma_s.float())
         color = color.index_put((sel,), albedo_s.float())
 
@@ -232,7 +232,7 @@ def render_rays(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray
     weights = alpha * trans  # [R,S]
     opacity = weights.sum(1, keepdim=True)
     rgb = (weights[..., None] * color.reshape(R, S, 3)).sum(1)
-    rgb = rgb + (1 - opacity) * _background_rgb(background, dirs, ray_batch)
+    rgb = rgb + (1 - opacity) * background_rgb(background, dirs, ray_batch)
     depth = (weights * t).sum(1, keepdim=True) / opacity.clamp_min(1e-6)
 
     out = {"rgb": rgb, "opacity": opacity, "depth": depth, "weights": weights, "sampled": mask,
