@@ -118,3 +118,39 @@ def test_sd21_shapes_cost_what_stable_diffusion_costs():
     assert sum(p.numel() for p in unet.parameters()) == pytest.approx(865.9e6, rel=1e-3)
     assert sum(p.numel() for p in text.parameters()) == pytest.approx(340.4e6, rel=1e-2)
     assert sd_shapes.unet_flops(sd_shapes.SD21_UNET) / 1e9 == pytest.approx(804.3, rel=1e-3)
+
+
+def test_render_bench_compares_the_packed_renderer_with_the_dense_one(capsys, tmp_path):
+    code, result = _bench(capsys, "render", "--compare", "--resolutions", "16,24", "--steps", "1", "--warmup", "1",
+                          "--out", str(tmp_path))
+    assert code == 0
+    assert json.loads((tmp_path / "render.json").read_text()) == result
+    fast, dense = result["variants"]  # on a CPU the plain-PyTorch packed variant is `fast` itself
+    assert (fast["renderer"], fast["hash_grid"]) == ("packed", "torch")
+    assert (dense["renderer"], dense["hash_grid"]) == ("dense", "torch")
+    for variant in (fast, dense):
+        assert 0 < variant["occupied_fraction"] < 1
+        for res in ("16", "24"):
+            r = variant["resolutions"][res]
+            assert r["ms"] > 0 and r["samples"] > 0
+            assert r["samples_per_ray"] == round(r["samples"] / int(res) ** 2, 2)
+    assert set(result["speedup_vs_dense"]["fast"]) == {"16", "24"}
+
+
+def test_hashgrid_bench_times_forward_and_both_backwards(capsys, tmp_path):
+    code, result = _bench(capsys, "hashgrid", "--points", "2K,3000", "--preset", "test", "--steps", "1",
+                          "--warmup", "0", "--out", str(tmp_path))
+    assert code == 0
+    assert json.loads((tmp_path / "hashgrid.json").read_text()) == result
+    assert result["grid"]["levels"] == 4
+    (torch_grid,) = result["results"]
+    assert torch_grid["impl"] == "torch" and set(torch_grid["points"]) == {"2048", "3000"}
+    for entry in torch_grid["points"].values():
+        assert all(entry[mode] > 0 for mode in ("forward", "forward_backward_table", "forward_backward_table_points"))
+
+
+def test_bench_render_and_hashgrid_reject_bad_arguments(capsys):
+    assert main(["bench", "hashgrid", "--points", "many"]) == 2
+    assert "error: --points" in capsys.readouterr().err
+    assert main(["bench", "render", "--set", "march_stepz=4"]) == 2
+    assert "error: Unknown setting 'nerf.march_stepz'" in capsys.readouterr().err

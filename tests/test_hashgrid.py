@@ -152,7 +152,7 @@ def test_chunked_backward_sums_gradients_like_one_chunk(monkeypatch):
 def test_tcnn_and_torch_agree_on_behaviour():
     torch.manual_seed(0)
     args = (8, 2, 16, 16, 512)
-    tc = make_hash_encoding(*args, device="cuda")
+    tc = make_hash_encoding(*args, device="cuda", impl="tcnn")
     th = make_hash_encoding(*args, device="cpu").cuda()
     assert tc.impl == "tcnn" and th.impl == "torch" and tc.out_dim == th.out_dim == 16
     x = torch.rand(4096, 3, device="cuda")
@@ -168,3 +168,36 @@ def test_tcnn_and_torch_agree_on_behaviour():
         out = enc(x)
         out.square().sum().backward()
         assert params.grad is not None and params.grad.abs().sum() > 0
+
+
+def test_the_implementation_is_chosen_from_the_config_when_the_field_is_built():
+    from prolific.config import make_config
+    from prolific.errors import BadRequest
+    from prolific.field.nerf import NeRF
+    from prolific.field.texture import AlbedoField
+
+    job = make_config("a ball", "test")
+    assert job.hash_grid.impl == "auto"
+    # On a CPU auto is the PyTorch grid, for stage 1's field and stage 3's texture field alike.
+    assert NeRF(job.nerf, job.hash_grid).encoding.impl == AlbedoField(job.hash_grid, job.nerf.bound).encoding.impl \
+        == "torch"
+    for impl in ("triton", "tcnn"):
+        with pytest.raises(BadRequest, match=f"The {impl} hash grid needs a CUDA device"):
+            make_hash_encoding(4, 2, 12, 4, 64, device="cpu", impl=impl)
+    with pytest.raises(BadRequest, match="hash_grid.impl"):
+        make_config("a ball", "test", {"hash_grid": {"impl": "fast"}})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_is_the_triton_grid_on_cuda_and_loads_a_torch_checkpoint():
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    fused = make_hash_encoding(8, 2, 16, 16, 512, device="cuda")
+    plain = make_hash_encoding(8, 2, 16, 16, 512, device="cuda", impl="torch")
+    assert fused.impl == "triton" and plain.impl == "torch"
+    with torch.no_grad():
+        plain.params.normal_()
+    fused.load_state_dict(plain.state_dict())
+    x = torch.rand(10000, 3, device="cuda")
+    assert float((fused(x) - plain(x)).abs().max() / plain(x).abs().max()) <= 1e-5

@@ -1,4 +1,4 @@
-"""`prolific bench stage1|stage2|stage3|quality`: speed (and quality) measurements, JSON on stdout.
+"""`prolific bench stage1|stage2|stage3|render|hashgrid|quality`: speed (and quality) measurements, JSON on stdout.
 
 Progress goes to stderr; the JSON result to stdout and, with --json, to a file. Each stage bench runs the
 real training step of its stage with SD-2.1-base-shaped random weights by default (the real model's cost
@@ -10,11 +10,13 @@ import sys
 
 from ..errors import ProlificError
 
-USAGE = """usage: prolific bench {stage1,stage2,stage3,quality} [options]
+USAGE = """usage: prolific bench {stage1,stage2,stage3,render,hashgrid,quality} [options]
 
   stage1   VSD NeRF step (render, encode, prior CFG, estimator, LoRA update, optimizer) at each resolution
   stage2   DMTet geometry step (normal-map SDS) at 512
   stage3   texture step (VSD) at 512
+  render   NeRF render + backward per resolution (packed vs dense with --compare)
+  hashgrid the hash encoding alone: forward, backward to the table, to table and points
   quality  the toy prior's reconstruction-quality benchmark
 
 Run `prolific bench SUBCOMMAND --help` for its options."""
@@ -35,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
             from . import mesh_stages
 
             mesh_stages.run(command, rest)
+        elif command == "render":
+            from . import render
+
+            render.run(rest)
+        elif command == "hashgrid":
+            from . import hashgrid
+
+            hashgrid.run(rest)
         elif command == "quality":
             from . import quality
 

@@ -31,16 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_particles(cfg, grid, device: torch.device, options: SpeedOptions, n: int) -> list:
-    """Stage 1's own particles; the hash grid is forced to the PyTorch one unless `tcnn` is asked for, and
-    without `occupancy` every sample along every ray is evaluated."""
-    from ..field.nerf import NeRF
+def make_particles(cfg, grid, device: torch.device, options: SpeedOptions, n: int, reference: bool = False) -> list:
+    """Stage 1's own particles with the config's renderer (`prolific bench render` compares renderers). The
+    reference uses the PyTorch hash grid; `tcnn` asks for tiny-cuda-nn where it imports; otherwise the config's
+    hash grid (auto: Triton on CUDA). Without `occupancy` no grid skips empty space."""
+    from ..field.hashgrid import tcnn_available
     from ..stages import nerf as nerf_stage
 
+    if reference:
+        grid = dataclasses.replace(grid, impl="torch")
+    elif options.tcnn and device.type == "cuda" and tcnn_available():
+        grid = dataclasses.replace(grid, impl="tcnn")
     particles = [nerf_stage.make_particle(cfg, grid, device) for _ in range(n)]
     for p in particles:
-        if not options.tcnn and getattr(p.nerf.encoding, "impl", "torch") != "torch":
-            p.nerf = NeRF(cfg, grid, device=None).to(device)  # built off-GPU: make_hash_encoding picks PyTorch
         if not options.occupancy:
             p.occupancy = None
     return particles
@@ -86,7 +89,7 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
     torch.manual_seed(seed)
     distill = ScoreDistillation(estimator_prior, cfg.prior, cfg.prior.guidance)
     torch.manual_seed(seed + 1)
-    particles = make_particles(cfg.nerf, cfg.hash_grid, device, options, n_particles)
+    particles = make_particles(cfg.nerf, cfg.hash_grid, device, options, n_particles, reference)
     optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background) for p in particles]
     errors: dict = {}
     applied: dict = {}
@@ -107,8 +110,6 @@ def bench_context(cfg, res: int, device: torch.device, generator: torch.Generato
 
 def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, model: str,
                 device: torch.device, resolutions: list[int], flop_cache: dict) -> dict:
-    from ..stages import nerf as nerf_stage
-
     out: dict = {"name": name, "reference": reference, "options": options.to_dict(), "resolutions": {}}
     log(f"bench stage1 [{name}]: loading the model")
     common.free_memory(device)
@@ -119,6 +120,7 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
         out["load_s"] = round(time.perf_counter() - start, 2)
         out["applied"], out["errors"] = variant.applied, variant.errors
         out["hash_grid"] = hash_impl(particles)
+        out["renderer"] = particles[0].renderer.name
         key = (str(dict(prior.unet.config)), args.particles, cfg.prior.guidance)
         if key not in flop_cache:
             scale = cfg.prior.guidance_scale if cfg.prior.guidance == "vsd" else cfg.prior.sds_guidance_scale
@@ -128,8 +130,8 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
         generator = torch.Generator(device).manual_seed(args.seed)
 
         timer = PartTimer(device)
-        patches = [timer.wrap(nerf_stage, "render_nerf", "render"),
-                   timer.wrap(distill.prior, "encode_images", "encode"),
+        patches = [timer.wrap(p, "renderer", "render") for p in particles]
+        patches += [timer.wrap(distill.prior, "encode_images", "encode"),
                    timer.wrap(distill.prior, "predict_noise", "prior"),
                    timer.wrap(distill, "eps_phi", "estimator"),
                    timer.wrap(distill, "loss", "loss", after="backward"),

@@ -1,8 +1,8 @@
 """Multiresolution hash encoding (Instant-NGP, Müller et al. 2022).
 
-`make_hash_encoding` returns tiny-cuda-nn's fused HashGrid when it is importable and the module will live on a
-CUDA device, else `TorchHashGrid`, our vectorised PyTorch version (the one CPU tests exercise). Both take
-points in [0,1]^3 and return fp32 features [N, n_levels * n_features].
+`make_hash_encoding` returns the implementation a config names: `TorchHashGrid`, our vectorised PyTorch version
+(the CPU path), `TritonHashGrid` (kernels/hashgrid.py: the same grid with fused kernels, the default on CUDA) or
+tiny-cuda-nn's HashGrid. All take points in [0,1]^3 and return fp32 features [N, n_levels * n_features].
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import math
 
 import torch
 from torch import nn
+
+from ..errors import BadRequest
 
 # Instant-NGP's spatial hash primes (the first is 1 so neighbouring x stay coherent in memory).
 _PRIMES = (1, 2654435761, 805459861)
@@ -165,13 +167,36 @@ def tcnn_available() -> bool:
     return True
 
 
-def make_hash_encoding(n_levels: int = 16, n_features: int = 2, log2_size: int = 19, base_res: int = 16,
-                       max_res: int = 2048, device: torch.device | str | None = None) -> nn.Module:
-    """The hash encoding for `device`: tiny-cuda-nn when importable and device is CUDA, else `TorchHashGrid`.
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken install raises more than ImportError
+        return False
+    return True
 
-    The module is returned on `device` (CPU when None). forward(x [N,3] in [0,1]) -> [N, out_dim] fp32."""
+
+def make_hash_encoding(n_levels: int = 16, n_features: int = 2, log2_size: int = 19, base_res: int = 16,
+                       max_res: int = 2048, device: torch.device | str | None = None, impl: str = "auto") -> nn.Module:
+    """The hash encoding `impl` names, on `device` (CPU when None): torch (`TorchHashGrid`), triton (the fused
+    kernels, CUDA), tcnn (tiny-cuda-nn, CUDA), or auto = triton on CUDA when it imports, else torch.
+
+    forward(x [N,3] in [0,1]) -> [N, out_dim] fp32."""
     device = torch.device(device or "cpu")
-    if device.type == "cuda" and tcnn_available():
+    if impl == "auto":
+        impl = "triton" if device.type == "cuda" and triton_available() else "torch"
+    args = (n_levels, n_features, log2_size, base_res, max_res)
+    if impl != "torch" and device.type != "cuda":
+        raise BadRequest(f"The {impl} hash grid needs a CUDA device: set hash_grid.impl to auto or torch.")
+    if impl == "triton":
+        if not triton_available():
+            raise BadRequest("hash_grid.impl triton needs the triton package (it ships with torch's Linux CUDA "
+                             "builds): set hash_grid.impl to auto or torch.")
+        from ..kernels.hashgrid import TritonHashGrid
+
+        return TritonHashGrid(*args).to(device)
+    if impl == "tcnn":
+        if not tcnn_available():
+            raise BadRequest("hash_grid.impl tcnn needs tinycudann installed: set hash_grid.impl to auto or torch.")
         with torch.cuda.device(device):
-            return TcnnHashGrid(n_levels, n_features, log2_size, base_res, max_res).to(device)
-    return TorchHashGrid(n_levels, n_features, log2_size, base_res, max_res).to(device)
+            return TcnnHashGrid(*args).to(device)
+    return TorchHashGrid(*args).to(device)

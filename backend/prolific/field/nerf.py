@@ -16,19 +16,20 @@ from .hashgrid import make_hash_encoding
 
 BLOB = {"object": (10.0, 0.5), "scene": (-10.0, 2.5)}  # mode -> (lambda, r)
 HIDDEN = 64
+MLP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NeRF(nn.Module):
     """Density + albedo field over the cube [-bound, bound]^3 (world coordinates, +Z up).
 
-    Pass `device` to build on a GPU: the hash encoding is tiny-cuda-nn's only when built for CUDA."""
+    Pass `device` to build on a GPU: the hash encoding (hash_grid.impl) and the MLP precision are chosen for it."""
 
     def __init__(self, cfg: NerfConfig, grid: HashGridConfig, device: torch.device | str | None = None):
         super().__init__()
         self.bound = float(cfg.bound)
         self.blob_lambda, self.blob_radius = BLOB[cfg.mode]
         self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
-                                           grid.hash_base_res, grid.hash_max_res, device=device)
+                                           grid.hash_base_res, grid.hash_max_res, device=device, impl=grid.impl)
         self.mlp = nn.Sequential(
             nn.Linear(self.encoding.out_dim, HIDDEN), nn.ReLU(inplace=True),
             nn.Linear(HIDDEN, HIDDEN), nn.ReLU(inplace=True),
@@ -37,15 +38,25 @@ class NeRF(nn.Module):
         with torch.no_grad():  # no constant offset: the initial density is the blob plus small MLP noise
             self.mlp[-1].bias.zero_()
         self.to(device or "cpu")
+        # nerf.mlp_precision: the MLP under bf16/fp16 autocast on CUDA; its outputs (and so the density
+        # activation and everything downstream) are fp32.
+        on_cuda = torch.device(device or "cpu").type == "cuda"
+        self.mlp_dtype = MLP_DTYPES[cfg.mlp_precision] if on_cuda else None
         # Finite-difference step for normals: half a cell of the finest hash level, in world units.
         self.normal_eps = self.bound / max(grid.hash_max_res, 1)
 
     def blob(self, x: torch.Tensor) -> torch.Tensor:
         return self.blob_lambda * (1 - x.norm(dim=-1) / self.blob_radius)
 
-    def _raw(self, x: torch.Tensor) -> torch.Tensor:
+    def _raw(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """The MLP's raw outputs [N,4]; `exact` keeps it in fp32 (finite-difference normals divide differences
+        of the density at points 1/max_res apart, which bf16/fp16 rounding would swamp)."""
         unit = ((x / self.bound) + 1) / 2
-        return self.mlp(self.encoding(unit))
+        features = self.encoding(unit)
+        if self.mlp_dtype is None or exact:
+            return self.mlp(features)
+        with torch.autocast("cuda", dtype=self.mlp_dtype):
+            return self.mlp(features).float()
 
     def density_pre(self, x: torch.Tensor) -> torch.Tensor:
         """Density before the activation (raw + blob) [N]: monotone in sigma, smooth far from the object."""
@@ -63,7 +74,7 @@ class NeRF(nn.Module):
         if with_normal:
             steps = torch.eye(3, device=x.device, dtype=x.dtype) * self.normal_eps
             pts = torch.cat([x[None], x[None] + steps[:, None, :]]).reshape(-1, 3)  # [4N,3]
-        raw = self._raw(pts)
+        raw = self._raw(pts, exact=with_normal)
         pre = raw[:, 0] + self.blob(pts)
         sigma, albedo = F.softplus(pre[:n]), torch.sigmoid(raw[:n, 1:])
         if not with_normal:

@@ -23,7 +23,7 @@ class AlbedoField(nn.Module):
         super().__init__()
         self.bound = float(bound)
         self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
-                                           grid.hash_base_res, grid.hash_max_res, device=device)
+                                           grid.hash_base_res, grid.hash_max_res, device=device, impl=grid.impl)
         self.mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, HIDDEN), nn.ReLU(inplace=True),
                                  nn.Linear(HIDDEN, 3))
         self.to(device or "cpu")

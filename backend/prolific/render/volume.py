@@ -20,7 +20,7 @@ _CHUNK = 1 << 18  # points per density-function call while updating the grid
 _PROBE_CHUNK = 1 << 22  # grid lookups per step while finding each ray's occupied stretch
 
 
-def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+def uniform(shape, generator: torch.Generator | None, device) -> torch.Tensor:
     """Uniform [0,1) numbers on `device`, drawn from `generator` (on its own device) when one is given."""
     if generator is None:
         return torch.rand(shape, device=device)
@@ -57,7 +57,7 @@ class OccupancyGrid(nn.Module):
         corner_max = nn.functional.max_pool3d(at_verts, kernel_size=2, stride=1)[0, 0]  # [res,res,res]
         cell = 2 * self.bound / res
         idx = torch.stack(torch.meshgrid(*(torch.arange(res, device=device),) * 3, indexing="ij"), -1).reshape(-1, 3)
-        u = _rand(idx.shape, generator, device)
+        u = uniform(idx.shape, generator, device)
         inner = self._eval(density_fn, -self.bound + (idx + u) * cell).reshape(res, res, res)
         new = torch.maximum(corner_max, inner)
         old = torch.where(torch.isinf(self.density), torch.zeros_like(new), self.density * self.decay)
@@ -85,7 +85,7 @@ def ray_aabb(origins: torch.Tensor, dirs: torch.Tensor, bound: float) -> tuple[t
 
 
 @torch.no_grad()
-def _occupied_span(grid: OccupancyGrid, origins, dirs, near, far) -> tuple[torch.Tensor, torch.Tensor]:
+def occupied_span(grid: OccupancyGrid, origins, dirs, near, far) -> tuple[torch.Tensor, torch.Tensor]:
     """Shrink [near, far] of each ray to the stretch between its first and last occupied cell (probing at half
     a cell), padded by one probe step; rays through empty cells only get far = near."""
     n_probe = int(math.ceil(2 * math.sqrt(3) * grid.res)) + 1
@@ -105,7 +105,7 @@ def _occupied_span(grid: OccupancyGrid, origins, dirs, near, far) -> tuple[torch
     return torch.cat(lo_out), torch.cat(hi_out)
 
 
-def _background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> torch.Tensor:
+def background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> torch.Tensor:
     if isinstance(background, nn.Module):
         return background(dirs)
     if background is None:
@@ -119,7 +119,7 @@ def _background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> 
 FIELD_CHUNK = 1 << 20
 
 
-def _eval_field(nerf, x: torch.Tensor, with_normal: bool):
+def eval_field(nerf, x: torch.Tensor, with_normal: bool):
     """nerf(x) for the sampled points; with gradients and many points, in chunks that keep only their outputs
     and recompute the network in backward (activation checkpointing), so memory grows ~10 floats per sample."""
     call = (lambda pts: nerf(pts, with_normal=True)) if with_normal else nerf
@@ -128,6 +128,26 @@ def _eval_field(nerf, x: torch.Tensor, with_normal: bool):
     parts = [checkpoint(call, chunk, use_reentrant=False, preserve_rng_state=False)
              for chunk in x.split(FIELD_CHUNK)]
     return tuple(torch.cat(outs) for outs in zip(*parts))
+
+
+def light_directions(cameras: Cameras, light_dir, dtype) -> torch.Tensor:
+    """Unit directions toward the light per camera [B,3]: `light_dir` ([3] or [B,3]) or, when None, each camera."""
+    if light_dir is None:
+        return cameras.position / cameras.position.norm(dim=-1, keepdim=True)
+    return torch.as_tensor(light_dir, dtype=dtype, device=cameras.device).reshape(-1, 3).expand(len(cameras), 3)
+
+
+def check_shading(shading: str) -> None:
+    if shading not in SHADINGS:
+        raise ValueError(f"Unknown shading '{shading}': use one of {', '.join(SHADINGS)}.")
+
+
+def as_images(out: dict[str, torch.Tensor], B: int, H: int, W: int) -> dict[str, torch.Tensor]:
+    """Per-ray outputs [B·H·W, C] of `rgb`, `opacity`, `depth` and `normal` as images [B,C,H,W]."""
+    for key in ("rgb", "opacity", "depth", "normal"):
+        if key in out:
+            out[key] = out[key].reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
+    return out
 
 
 def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str = "albedo",
@@ -145,21 +165,32 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
     (where the field was evaluated; elsewhere the weight is 0) for regularisers and, for lambertian/textureless,
     normal [B,3,H,W] (composited world normals).
     """
-    if shading not in SHADINGS:
-        raise ValueError(f"Unknown shading '{shading}': use one of {', '.join(SHADINGS)}.")
-    jitter = nerf.training if jitter is None else jitter
-    B, S = len(cameras), int(samples_per_ray)
+    check_shading(shading)
+    B = len(cameras)
     origins, dirs = cameras.rays(H, W)
-    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    ray_batch = torch.arange(B, device=origins.device).repeat_interleave(H * W)
+    light = light_directions(cameras, light_dir, origins.dtype)[ray_batch] if shading != "albedo" else None
+    out = render_rays(nerf, background, origins.reshape(-1, 3), dirs.reshape(-1, 3), ray_batch, light, shading,
+                      occupancy, samples_per_ray, jitter, generator)
+    return as_images(out, B, H, W)
+
+
+def render_rays(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray_batch: torch.Tensor,
+                light: torch.Tensor | None, shading: str = "albedo", occupancy: OccupancyGrid | None = None,
+                samples_per_ray: int = 64, jitter: bool | None = None,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """`render_nerf` for rays origins/dirs [R,3] (ray_batch [R]: each ray's image, for a per-image background;
+    light [R,3] toward the light, for lambertian/textureless): the same outputs per ray, rgb [R,3] etc."""
+    jitter = nerf.training if jitter is None else jitter
+    S = int(samples_per_ray)
     R, device = origins.shape[0], origins.device
-    ray_batch = torch.arange(B, device=device).repeat_interleave(H * W)
 
     near, far = ray_aabb(origins, dirs, nerf.bound)
     far = torch.maximum(far, near)
     if occupancy is not None:
-        near, far = _occupied_span(occupancy, origins, dirs, near, far)
+        near, far = occupied_span(occupancy, origins, dirs, near, far)
     if jitter:
-        u = _rand((R, S), generator, device)
+        u = uniform((R, S), generator, device)
     else:
         u = torch.full((R, S), 0.5, device=device)
     delta = ((far - near) / S)[:, None]  # [R,1]
@@ -178,16 +209,11 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
     if sel.numel() > 0:
         x = pts.reshape(-1, 3)[sel]
         if need_normals:
-            sigma_s, albedo_s, n_s = _eval_field(nerf, x, with_normal=True)
-            if light_dir is None:
-                light = cameras.position / cameras.position.norm(dim=-1, keepdim=True)  # [B,3]
-            else:
-                light = torch.as_tensor(light_dir, dtype=x.dtype, device=device).reshape(-1, 3).expand(B, 3)
-            sample_batch = ray_batch[sel // S]
-            albedo_s = LIGHT.shade(albedo_s, n_s, light[sample_batch], shading)
+            sigma_s, albedo_s, n_s = eval_field(nerf, x, with_normal=True)
+            albedo_s = LIGHT.shade(albedo_s, n_s, light[sel // S], shading)
             normal = normal.index_put((sel,), n_s)
         else:
-            sigma_s, albedo_s = _eval_field(nerf, x, with_normal=False)
+            sigma_s, albedo_s = eval_field(nerf, x, with_normal=False)
         sigma = sigma.index_put((sel,), sigma_s.float())
         color = color.index_put((sel,), albedo_s.float())
 
@@ -198,14 +224,11 @@ def render_nerf(nerf, background, cameras: Cameras, H: int, W: int, shading: str
     weights = alpha * trans  # [R,S]
     opacity = weights.sum(1, keepdim=True)
     rgb = (weights[..., None] * color.reshape(R, S, 3)).sum(1)
-    rgb = rgb + (1 - opacity) * _background_rgb(background, dirs, ray_batch)
+    rgb = rgb + (1 - opacity) * background_rgb(background, dirs, ray_batch)
     depth = (weights * t).sum(1, keepdim=True) / opacity.clamp_min(1e-6)
 
-    def image(v: torch.Tensor) -> torch.Tensor:
-        return v.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
-
-    out = {"rgb": image(rgb), "opacity": image(opacity), "depth": image(depth), "weights": weights,
-           "sampled": mask}
+    out = {"rgb": rgb, "opacity": opacity, "depth": depth, "weights": weights, "sampled": mask,
+           "n_samples": int(sel.numel())}
     if need_normals:
-        out["normal"] = image((weights[..., None] * normal.reshape(R, S, 3)).sum(1))
+        out["normal"] = (weights[..., None] * normal.reshape(R, S, 3)).sum(1)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,8 +18,9 @@ from ..field.nerf import Background, NeRF
 from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_cameras, sample_light_dirs, turntable_cameras
+from ..render.packed import make_renderer
 from ..render.shading import SHADINGS
-from ..render.volume import OccupancyGrid, render_nerf
+from ..render.volume import OccupancyGrid
 from .context import StageContext, save_png
 from .optimizers import field_optimizer, load_optimizer_state
 from .runner import Guidance
@@ -31,6 +33,7 @@ class Particle:
     nerf: NeRF
     background: Background
     occupancy: OccupancyGrid
+    renderer: Callable  # render_nerf's signature: nerf.renderer resolved once (render/packed.make_renderer)
 
 
 def resolution_at(cfg: NerfConfig, step: int) -> int:
@@ -42,7 +45,7 @@ def make_particle(cfg: NerfConfig, grid: HashGridConfig, device: torch.device) -
     nerf = NeRF(cfg, grid, device=device)
     background = Background(cfg).to(device)
     occupancy = OccupancyGrid(cfg.occupancy_res, cfg.bound, cfg.occupancy_threshold).to(device)
-    return Particle(nerf, background, occupancy)
+    return Particle(nerf, background, occupancy, make_renderer(cfg, device))
 
 
 def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background) -> torch.optim.Optimizer:
@@ -154,10 +157,9 @@ def train_step(ctx: StageContext, particles: list[Particle], optimizers: list, e
     renders = []
     for k, p in enumerate(particles):
         background = _random_colour(ctx.generator, ctx.device) if solid else p.background
-        out = render_nerf(p.nerf, background, cameras[k], res, res,
-                          shading=pick_shading(ncfg.shading, ctx.generator), occupancy=p.occupancy,
-                          samples_per_ray=ncfg.samples_per_ray, light_dir=lights[k:k + 1],
-                          generator=ctx.generator)
+        out = p.renderer(p.nerf, background, cameras[k], res, res,
+                         shading=pick_shading(ncfg.shading, ctx.generator), occupancy=p.occupancy,
+                         light_dir=lights[k:k + 1], generator=ctx.generator)
         renders.append(out)
     images = torch.cat([r["rgb"] for r in renders])
     directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
@@ -184,8 +186,7 @@ def write_turntable(ctx: StageContext, particle: Particle, folder: Path, again: 
     res = ncfg.resolutions[-1]
     with torch.no_grad():
         for i, path in enumerate(paths):
-            out = render_nerf(particle.nerf, particle.background, cameras[i], res, res,
-                              shading="albedo", occupancy=particle.occupancy, samples_per_ray=ncfg.samples_per_ray,
-                              jitter=False)
+            out = particle.renderer(particle.nerf, particle.background, cameras[i], res, res,
+                                    shading="albedo", occupancy=particle.occupancy, jitter=False)
             save_png(out["rgb"], path)
     return paths

@@ -1,0 +1,158 @@
+"""The multiresolution hash encoding as Triton kernels: `TritonHashGrid`, a `TorchHashGrid` (same levels,
+hashing, table and initialisation, so state_dicts load in either) whose lookup runs fused.
+
+One program takes BLOCK points through every level: the 8 corners' rows are computed in registers (dense index
+or the spatial hash, exactly as `TorchHashGrid.corners`; in uint32, which wraps mod 2^32 and so agrees with its
+int64 products once masked to the table), their features gathered and blended. Backward recomputes the corners:
+the table's gradient is scattered with fp32 atomic adds (the table is stored in fp32: Adam's updates of 1e-2·lr
+scale vanish in fp16/bf16, and so would small gradient sums accumulated in them), and the points' gradient is
+the derivative of the trilinear weights, only when a caller asks for it.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..field.hashgrid import TorchHashGrid
+
+BLOCK = 128
+
+
+@triton.jit
+def _level_setup(x0, x1, x2, res_ptr, level):
+    res = tl.load(res_ptr + level)
+    resf = res.to(tl.float32)
+    p0, p1, p2 = resf * x0, resf * x1, resf * x2
+    b0 = tl.minimum(tl.floor(p0).to(tl.int32), res - 1)
+    b1 = tl.minimum(tl.floor(p1).to(tl.int32), res - 1)
+    b2 = tl.minimum(tl.floor(p2).to(tl.int32), res - 1)
+    return b0, b1, b2, p0 - b0.to(tl.float32), p1 - b1.to(tl.float32), p2 - b2.to(tl.float32), resf
+
+
+@triton.jit
+def _corner_row(b0, b1, b2, cx: tl.constexpr, cy: tl.constexpr, cz: tl.constexpr, mult_ptr, off_ptr, level,
+                is_dense, table_mask):
+    m0 = tl.load(mult_ptr + level * 3).to(tl.uint32)
+    m1 = tl.load(mult_ptr + level * 3 + 1).to(tl.uint32)
+    m2 = tl.load(mult_ptr + level * 3 + 2).to(tl.uint32)
+    t0 = ((b0 + cx).to(tl.uint32) * m0) & table_mask
+    t1 = ((b1 + cy).to(tl.uint32) * m1) & table_mask
+    t2 = ((b2 + cz).to(tl.uint32) * m2) & table_mask
+    row = tl.where(is_dense, t0 + t1 + t2, t0 ^ t1 ^ t2)
+    return row.to(tl.int32) + tl.load(off_ptr + level)
+
+
+@triton.jit
+def _hashgrid_fwd(x_ptr, params_ptr, out_ptr, res_ptr, mult_ptr, off_ptr, n, n_levels, n_dense, table_mask,
+                  F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < n
+    feat = tl.arange(0, FP)
+    m2 = m[:, None] & (feat[None, :] < F)
+    x0 = tl.load(x_ptr + idx * 3, mask=m, other=0.0)
+    x1 = tl.load(x_ptr + idx * 3 + 1, mask=m, other=0.0)
+    x2 = tl.load(x_ptr + idx * 3 + 2, mask=m, other=0.0)
+    mask_u = table_mask.to(tl.uint32)
+    for level in range(n_levels):
+        b0, b1, b2, f0, f1, f2, resf = _level_setup(x0, x1, x2, res_ptr, level)
+        is_dense = level < n_dense
+        acc = tl.zeros([BLOCK, FP], dtype=tl.float32)
+        for c in tl.static_range(8):
+            cx = (c >> 2) & 1
+            cy = (c >> 1) & 1
+            cz = c & 1
+            wx = f0 if cx == 1 else 1 - f0
+            wy = f1 if cy == 1 else 1 - f1
+            wz = f2 if cz == 1 else 1 - f2
+            row = _corner_row(b0, b1, b2, cx, cy, cz, mult_ptr, off_ptr, level, is_dense, mask_u)
+            vals = tl.load(params_ptr + row[:, None] * F + feat[None, :], mask=m2, other=0.0)
+            acc += (wx * wy * wz)[:, None] * vals
+        tl.store(out_ptr + idx[:, None] * (n_levels * F) + level * F + feat[None, :], acc, mask=m2)
+
+
+@triton.jit
+def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, res_ptr, mult_ptr, off_ptr, n,
+                  n_levels, n_dense, table_mask, F: tl.constexpr, FP: tl.constexpr, WANT_PARAMS: tl.constexpr,
+                  WANT_X: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < n
+    feat = tl.arange(0, FP)
+    m2 = m[:, None] & (feat[None, :] < F)
+    x0 = tl.load(x_ptr + idx * 3, mask=m, other=0.0)
+    x1 = tl.load(x_ptr + idx * 3 + 1, mask=m, other=0.0)
+    x2 = tl.load(x_ptr + idx * 3 + 2, mask=m, other=0.0)
+    mask_u = table_mask.to(tl.uint32)
+    gx0 = tl.zeros([BLOCK], dtype=tl.float32)
+    gx1 = tl.zeros([BLOCK], dtype=tl.float32)
+    gx2 = tl.zeros([BLOCK], dtype=tl.float32)
+    for level in range(n_levels):
+        b0, b1, b2, f0, f1, f2, resf = _level_setup(x0, x1, x2, res_ptr, level)
+        is_dense = level < n_dense
+        g = tl.load(grad_out_ptr + idx[:, None] * (n_levels * F) + level * F + feat[None, :], mask=m2, other=0.0)
+        for c in tl.static_range(8):
+            cx = (c >> 2) & 1
+            cy = (c >> 1) & 1
+            cz = c & 1
+            wx = f0 if cx == 1 else 1 - f0
+            wy = f1 if cy == 1 else 1 - f1
+            wz = f2 if cz == 1 else 1 - f2
+            row = _corner_row(b0, b1, b2, cx, cy, cz, mult_ptr, off_ptr, level, is_dense, mask_u)
+            ptr = row[:, None] * F + feat[None, :]
+            if WANT_PARAMS:
+                tl.atomic_add(grad_params_ptr + ptr, (wx * wy * wz)[:, None] * g, mask=m2)
+            if WANT_X:
+                per_corner = tl.sum(g * tl.load(params_ptr + ptr, mask=m2, other=0.0), axis=1) * resf
+                gx0 += (wy * wz if cx == 1 else -(wy * wz)) * per_corner
+                gx1 += (wx * wz if cy == 1 else -(wx * wz)) * per_corner
+                gx2 += (wx * wy if cz == 1 else -(wx * wy)) * per_corner
+    if WANT_X:
+        tl.store(grad_x_ptr + idx * 3, gx0, mask=m)
+        tl.store(grad_x_ptr + idx * 3 + 1, gx1, mask=m)
+        tl.store(grad_x_ptr + idx * 3 + 2, gx2, mask=m)
+
+
+def _layout(grid: TorchHashGrid) -> tuple:
+    return grid._res.int().contiguous(), grid._mult.contiguous(), grid._offsets.contiguous()
+
+
+class _TritonHashGridFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, params, grid):
+        ctx.grid = grid
+        ctx.save_for_backward(x, params)
+        n = x.shape[0]
+        out = x.new_empty(n, grid.out_dim)
+        if n == 0:  # an empty launch grid is not a valid CUDA launch
+            return out
+        res, mult, off = _layout(grid)
+        _hashgrid_fwd[(triton.cdiv(n, BLOCK),)](x, params, out, res, mult, off, n, grid.n_levels, grid.n_dense,
+                                                grid._mask, F=grid.n_features,
+                                                FP=triton.next_power_of_2(grid.n_features), BLOCK=BLOCK)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, params = ctx.saved_tensors
+        grid = ctx.grid
+        want_x, want_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n = x.shape[0]
+        grad_x = torch.zeros_like(x) if want_x else x.new_empty(0)
+        grad_params = torch.zeros_like(params) if want_params else params.new_empty(0)
+        if n > 0 and (want_x or want_params):
+            res, mult, off = _layout(grid)
+            _hashgrid_bwd[(triton.cdiv(n, BLOCK),)](
+                x, params, grad_out.float().contiguous(), grad_params, grad_x, res, mult, off, n, grid.n_levels,
+                grid.n_dense, grid._mask, F=grid.n_features, FP=triton.next_power_of_2(grid.n_features),
+                WANT_PARAMS=want_params, WANT_X=want_x, BLOCK=BLOCK)
+        return grad_x if want_x else None, grad_params if want_params else None, None
+
+
+class TritonHashGrid(TorchHashGrid):
+    """`TorchHashGrid` with the fused Triton lookup (CUDA tensors; CPU ones under TRITON_INTERPRET=1)."""
+
+    impl = "triton"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _TritonHashGridFunction.apply(x.float().clamp(0.0, 1.0).contiguous(), self.params, self)

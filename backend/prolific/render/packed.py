@@ -1,0 +1,130 @@
+"""The packed NeRF renderer, and the renderer a particle uses (`make_renderer`, chosen once from nerf.renderer).
+
+Rays are marched with a fixed step through the occupancy grid (`render/march.py`), the field runs on the packed
+samples only, and `composite` (segment ops, or the Triton kernel on CUDA) turns them into pixels. Outputs are
+`render_nerf`'s, with weights/sampled per packed sample [N] instead of [R,S] (the regularisers read
+weights[sampled] either way).
+
+Early termination (a ray stops once its transmittance is below `early_stop`) and skipping near-empty samples
+(alpha below `alpha_threshold`) need the densities, so they are done as nerfacc's sampling with a sigma_fn (what
+threestudio renders with): one pass of the density alone without gradients over the packed samples, then those
+samples are dropped before the field runs with gradients, so neither its forward nor its backward pays for
+them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..config import NerfConfig
+from ..field.hashgrid import triton_available
+from .cameras import Cameras
+from .composite import composite as composite_torch
+from .composite import transmittance
+from .march import PackedSamples, march_rays, march_step
+from .shading import LIGHT
+from .volume import (OccupancyGrid, as_images, background_rgb, check_shading, eval_field, light_directions,
+                     render_nerf)
+
+_DENSITY_CHUNK = 1 << 20  # points per no-grad density call of the early-termination pass
+
+
+def render_nerf_packed(nerf, background, cameras: Cameras, H: int, W: int, shading: str = "albedo",
+                       occupancy: OccupancyGrid | None = None, step: float = 0.01, early_stop: float = 0.0,
+                       alpha_threshold: float = 0.0, light_dir: torch.Tensor | None = None, jitter: bool | None = None,
+                       generator: torch.Generator | None = None,
+                       composite: Callable = composite_torch) -> dict[str, torch.Tensor]:
+    """`render_nerf` (same arguments and outputs) with packed samples every `step` world units."""
+    check_shading(shading)
+    B = len(cameras)
+    origins, dirs = cameras.rays(H, W)
+    ray_batch = torch.arange(B, device=origins.device).repeat_interleave(H * W)
+    light = light_directions(cameras, light_dir, origins.dtype)[ray_batch] if shading != "albedo" else None
+    out = render_rays_packed(nerf, background, origins.reshape(-1, 3), dirs.reshape(-1, 3), ray_batch, light,
+                             shading, occupancy, step, early_stop, alpha_threshold, jitter, generator, composite)
+    return as_images(out, B, H, W)
+
+
+def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray_batch: torch.Tensor,
+                       light: torch.Tensor | None, shading: str = "albedo", occupancy: OccupancyGrid | None = None,
+                       step: float = 0.01, early_stop: float = 0.0, alpha_threshold: float = 0.0,
+                       jitter: bool | None = None,
+                       generator: torch.Generator | None = None,
+                       composite: Callable = composite_torch) -> dict[str, torch.Tensor]:
+    """`volume.render_rays` with packed samples: per-ray outputs for rays origins/dirs [R,3]."""
+    jitter = nerf.training if jitter is None else jitter
+    samples = march_rays(origins, dirs, nerf.bound, step, occupancy, jitter, generator)
+    if (early_stop > 0 or alpha_threshold > 0) and len(samples) > 0:
+        samples = _prune(nerf, samples, origins, dirs, early_stop, alpha_threshold)
+    ray, t = samples.ray, samples.t
+    x = origins[ray] + t[:, None] * dirs[ray]
+    need_normals = shading != "albedo"
+    if need_normals:
+        sigma, albedo, normal = eval_field(nerf, x, with_normal=True)
+        color = LIGHT.shade(albedo, normal, light[ray], shading)
+        features = torch.cat([color.float(), t[:, None], normal.float()], dim=1)
+    else:
+        sigma, color = eval_field(nerf, x, with_normal=False)
+        features = torch.cat([color.float(), t[:, None]], dim=1)
+    weights, acc, opacity = composite(sigma.float() * samples.dt, features, ray, samples.offsets)
+    opacity = opacity[:, None]
+    rgb = acc[:, :3] + (1 - opacity) * background_rgb(background, dirs, ray_batch)
+    out = {"rgb": rgb, "opacity": opacity, "depth": acc[:, 3:4] / opacity.clamp_min(1e-6), "weights": weights,
+           "sampled": torch.ones_like(weights, dtype=torch.bool), "n_samples": len(samples)}
+    if need_normals:
+        out["normal"] = acc[:, 4:7]
+    return out
+
+
+@torch.no_grad()
+def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha_threshold: float) -> PackedSamples:
+    x = origins[samples.ray] + samples.t[:, None] * dirs[samples.ray]
+    sigma_dt = torch.cat([nerf.density(chunk).float() for chunk in x.split(_DENSITY_CHUNK)]) * samples.dt
+    keep = transmittance(sigma_dt, samples.ray, samples.offsets) >= early_stop
+    return samples.select(keep & (1 - torch.exp(-sigma_dt) >= alpha_threshold))
+
+
+@dataclass(frozen=True)
+class PackedRenderer:
+    """render_nerf_packed with a particle's settings: step, the pruning thresholds, the compositing."""
+
+    step: float
+    early_stop: float = 0.0
+    alpha_threshold: float = 0.0
+    composite: Callable = composite_torch
+    name: str = "packed"
+
+    def __call__(self, nerf, background, cameras: Cameras, H: int, W: int, **kwargs) -> dict[str, torch.Tensor]:
+        return render_nerf_packed(nerf, background, cameras, H, W, step=self.step, early_stop=self.early_stop,
+                                  alpha_threshold=self.alpha_threshold, composite=self.composite, **kwargs)
+
+
+@dataclass(frozen=True)
+class DenseRenderer:
+    """render_nerf (samples_per_ray spread over each ray's occupied stretch) with a particle's settings."""
+
+    samples_per_ray: int
+    name: str = "dense"
+
+    def __call__(self, nerf, background, cameras: Cameras, H: int, W: int, **kwargs) -> dict[str, torch.Tensor]:
+        return render_nerf(nerf, background, cameras, H, W, samples_per_ray=self.samples_per_ray, **kwargs)
+
+
+def make_renderer(cfg: NerfConfig, device: torch.device | str | None = None):
+    """The renderer nerf.renderer names (auto = packed); on CUDA with triton importable the packed renderer
+    composites with the Triton kernel, elsewhere with segment ops."""
+    if cfg.renderer == "dense":
+        return DenseRenderer(cfg.samples_per_ray)
+    return PackedRenderer(march_step(cfg.bound, cfg.march_steps), cfg.early_stop, cfg.alpha_threshold,
+                          fused_composite(device))
+
+
+def fused_composite(device: torch.device | str | None) -> Callable:
+    """The Triton compositing kernel on a CUDA device when triton imports, else the segment-op version."""
+    if torch.device(device or "cpu").type == "cuda" and triton_available():
+        from ..kernels.composite import composite as composite_triton
+
+        return composite_triton
+    return composite_torch

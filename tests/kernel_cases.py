@@ -1,0 +1,135 @@
+"""The Triton kernels against their PyTorch twins. Not collected on its own: tests/test_kernels.py runs this
+file in a subprocess, under Triton's interpreter on CPU tensors (TRITON_INTERPRET=1, which triton reads when a
+kernel is decorated, i.e. when kernels/*.py is imported, so it cannot be switched on inside a running test
+session without leaking into every other test) and, on a CUDA machine, compiled on the GPU."""
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from prolific.config import make_config  # noqa: E402
+from prolific.field.hashgrid import TorchHashGrid  # noqa: E402
+from prolific.field.nerf import Background, NeRF  # noqa: E402
+from prolific.kernels.composite import composite as composite_triton  # noqa: E402
+from prolific.kernels.hashgrid import TritonHashGrid  # noqa: E402
+from prolific.render.cameras import orbit_cameras  # noqa: E402
+from prolific.render.composite import composite as composite_torch  # noqa: E402
+from prolific.render.march import march_step, offsets_of  # noqa: E402
+from prolific.render.packed import PackedRenderer  # noqa: E402
+from prolific.render.volume import OccupancyGrid  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRETED else "cuda"
+if not INTERPRETED and not torch.cuda.is_available():
+    pytest.skip("compiled Triton kernels need a CUDA device (set TRITON_INTERPRET=1 for the CPU)",
+                allow_module_level=True)
+N_POINTS = 300 if INTERPRETED else 200_000
+# (levels, features, log2 table, base res, max res): dense and hashed levels, 1-4 features; the GPU also runs
+# the standard preset's grid.
+GRIDS = [(4, 2, 12, 4, 64), (3, 1, 10, 4, 32), (2, 4, 8, 2, 16)] + ([] if INTERPRETED else [(16, 2, 19, 16, 2048)])
+
+
+def _pair(args, seed=0):
+    torch.manual_seed(seed)
+    ref = TorchHashGrid(*args).to(DEVICE)
+    with torch.no_grad():
+        ref.params.normal_()  # features of order 1, so that every corner's row and weight shows in the output
+    fused = TritonHashGrid(*args).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())  # the same checkpoint loads in either
+    return ref, fused
+
+
+def _points(n):
+    x = torch.rand(n, 3, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    x[0], x[1], x[2] = 0.0, 1.0, torch.tensor([1.0, 0.0, 0.5])  # the cube's faces and corners
+    return x
+
+
+@pytest.mark.parametrize("args", GRIDS)
+def test_hashgrid_forward_matches_torch(args):
+    ref, fused = _pair(args)
+    assert fused.n_dense >= 1 and (fused.n_dense < fused.n_levels or args[2] <= 10)
+    x = _points(N_POINTS)
+    with torch.no_grad():
+        a, b = ref(x), fused(x)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert fused(x[:0]).shape == (0, fused.out_dim)
+    assert float((a - b).abs().max() / a.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("args", GRIDS)
+@pytest.mark.parametrize("with_points", [False, True])
+def test_hashgrid_gradients_match_torch(args, with_points):
+    ref, fused = _pair(args)
+    x = _points(N_POINTS)
+    g = torch.randn(N_POINTS, ref.out_dim, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    grads = []
+    for grid in (ref, fused):
+        xi = x.clone().requires_grad_(with_points)
+        (grid(xi) * g).sum().backward()
+        grads.append((grid.params.grad, xi.grad))
+    (pa, xa), (pb, xb) = grads
+    # Tolerances: fp32 sums of the same terms in another order (atomics), scaled by the largest entry; the
+    # points' gradient multiplies by the level resolution (up to max_res) before summing 8·levels terms.
+    assert float((pa - pb).abs().max() / pa.abs().max()) <= 1e-5
+    if with_points:
+        assert float((xa - xb).abs().max() / xa.abs().max()) <= 1e-4
+    else:
+        assert xb is None
+
+
+def _segments(counts):
+    counts = torch.tensor(counts)
+    ray = torch.repeat_interleave(torch.arange(len(counts)), counts).to(DEVICE)
+    return ray, offsets_of(ray, len(counts))
+
+
+@pytest.mark.parametrize("channels", [4, 7])
+def test_composite_matches_the_segment_op_twin(channels):
+    # Rays without samples, with one, and longer than the kernel's block.
+    ray, offsets = _segments([0, 3, 70, 1, 0, 130, 5] * (1 if INTERPRETED else 500))
+    n, R = len(ray), len(offsets) - 1
+    gen = torch.Generator().manual_seed(0)
+    sigma_dt = (torch.rand(n, generator=gen) * 0.3).to(DEVICE)
+    features = torch.randn(n, channels, generator=gen).to(DEVICE)
+    g = [torch.randn(n, generator=gen).to(DEVICE), torch.randn(R, channels, generator=gen).to(DEVICE),
+         torch.randn(R, generator=gen).to(DEVICE)]
+    results = []
+    for fn in (composite_torch, composite_triton):
+        sd, f = sigma_dt.clone().requires_grad_(), features.clone().requires_grad_()
+        outs = fn(sd, f, ray, offsets)
+        sum((o * go).sum() for o, go in zip(outs, g)).backward()
+        results.append([*outs, sd.grad, f.grad])
+    assert results[0][2].max() > 0.9  # some rays turn opaque
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_render_with_the_kernels_matches_plain_pytorch():
+    job = make_config("a ball", "test")
+    cfg = job.nerf
+    torch.manual_seed(0)
+    nerf, bg = NeRF(cfg, job.hash_grid).to(DEVICE), Background(cfg).to(DEVICE)
+    grid = OccupancyGrid(cfg.occupancy_res, cfg.bound).to(DEVICE)
+    grid.update(nerf.density)
+    cams = orbit_cameras(2, elevation_deg=20.0, distance=1.8, fov_deg=60.0).to(DEVICE)
+    step = march_step(cfg.bound, 128)
+    fused_nerf = nerf
+    if not INTERPRETED:  # the whole fast path on the GPU: Triton hash grid as well
+        fused_nerf = NeRF(cfg, job.hash_grid, device=DEVICE)
+        fused_nerf.load_state_dict(nerf.state_dict())
+        assert fused_nerf.encoding.impl == "triton"
+    results = []
+    for field, renderer in ((nerf, PackedRenderer(step, composite=composite_torch)),
+                            (fused_nerf, PackedRenderer(step, composite=composite_triton))):
+        field.zero_grad(set_to_none=True)
+        out = renderer(field, bg, cams, 10, 10, shading="lambertian", occupancy=grid, jitter=False)
+        (out["rgb"].sum() + out["depth"].sum() + out["normal"].sum()).backward()
+        # depth · opacity: the composited distance (depth divides it by opacity, which magnifies rounding where
+        # a ray barely hits anything)
+        results.append([out["rgb"], out["opacity"], out["depth"] * out["opacity"], out["normal"],
+                        field.encoding.params.grad.clone()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
