@@ -10,10 +10,9 @@ import torch
 pytest.importorskip("triton")
 
 from prolific.config import make_config  # noqa: E402
-from prolific.field.hashgrid import TorchHashGrid  # noqa: E402
+from prolific.field.hashgrid import TorchHashGrid, TritonHashGrid  # noqa: E402
 from prolific.field.nerf import Background, NeRF  # noqa: E402
 from prolific.kernels.composite import composite as composite_triton  # noqa: E402
-from prolific.kernels.hashgrid import TritonHashGrid  # noqa: E402
 from prolific.render.cameras import orbit_cameras  # noqa: E402
 from prolific.render.composite import composite as composite_torch  # noqa: E402
 from prolific.render.march import march_step, offsets_of  # noqa: E402

@@ -91,6 +91,20 @@ class NerfConfig:
     entropy_weight: float = 0.0
     checkpoint_every: int = 1000
     preview_every: int = 100
+    # The fast path, resolved when a particle is built: packed = fixed steps through the occupancy grid, only
+    # occupied samples evaluated (render/packed.py); dense = samples_per_ray spread over each ray's occupied
+    # stretch (render/volume.py); auto = packed.
+    renderer: str = "auto"
+    # Packed marching as threestudio's occupancy-grid renderer (nerfacc): march_steps steps over the cube's
+    # diagonal (num_samples_per_ray 512), then a density pass without gradients drops the samples where a ray's
+    # transmittance is below early_stop (early_stop_eps 1e-4; the official code's T_thresh too) or whose alpha
+    # is below alpha_threshold (alpha_thre 0.01); 0 and 0 evaluate every sample in occupied cells.
+    march_steps: int = 512
+    early_stop: float = 1e-4
+    alpha_threshold: float = 0.01
+    # The density/albedo MLP's precision: fp32, or bf16/fp16 autocast on CUDA (outputs and the density
+    # activation stay fp32); a CPU always runs fp32.
+    mlp_precision: str = "fp32"
 
 
 @dataclass
@@ -111,22 +125,6 @@ class CameraConfig:
     camera_distance: tuple[float, float] = (1.0, 1.5)  # threestudio prolificdreamer.yaml and the official code
     elevation_deg: tuple[float, float] = (-10.0, 45.0)
     fov_deg: tuple[float, float] = (40.0, 70.0)
-    checkpoint_every: int = 1000
-    preview_every: int = 100
-    # The fast path, resolved when a particle is built: packed = fixed steps through the occupancy grid, only
-    # occupied samples evaluated (render/packed.py); dense = samples_per_ray spread over each ray's occupied
-    # stretch (render/volume.py); auto = packed.
-    renderer: str = "auto"
-    # Packed marching as threestudio's occupancy-grid renderer (nerfacc): march_steps steps over the cube's
-    # diagonal (num_samples_per_ray 512), then a density pass without gradients drops the samples where a ray's
-    # transmittance is below early_stop (early_stop_eps 1e-4; the official code's T_thresh too) or whose alpha
-    # is below alpha_threshold (alpha_thre 0.01); 0 and 0 evaluate every sample in occupied cells.
-    march_steps: int = 512
-    early_stop: float = 1e-4
-    alpha_threshold: float = 0.01
-    # The density/albedo MLP's precision: fp32, or bf16/fp16 autocast on CUDA (outputs and the density
-    # activation stay fp32); a CPU always runs fp32.
-    mlp_precision: str = "fp32"
 
 
 @dataclass

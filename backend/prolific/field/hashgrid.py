@@ -1,7 +1,7 @@
 """Multiresolution hash encoding (Instant-NGP, Müller et al. 2022).
 
 `make_hash_encoding` returns the implementation a config names: `TorchHashGrid`, our vectorised PyTorch version
-(the CPU path), `TritonHashGrid` (kernels/hashgrid.py: the same grid with fused kernels, the default on CUDA) or
+(the CPU path), `TritonHashGrid` (the same grid with kernels/hashgrid.py's fused kernels, the default on CUDA) or
 tiny-cuda-nn's HashGrid. All take points in [0,1]^3 and return fp32 features [N, n_levels * n_features].
 """
 from __future__ import annotations
@@ -136,6 +136,18 @@ class _HashGridFunction(torch.autograd.Function):
         return grad_x, grad_params, None
 
 
+class TritonHashGrid(TorchHashGrid):
+    """`TorchHashGrid` with the fused Triton lookup of kernels/hashgrid.py (CUDA tensors; CPU ones under
+    TRITON_INTERPRET=1): the same parameters, so checkpoints load in either."""
+
+    impl = "triton"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels.hashgrid import hash_encode  # imports triton: only where this grid is built
+
+        return hash_encode(x.float().clamp(0.0, 1.0).contiguous(), self.params, self)
+
+
 class TcnnHashGrid(nn.Module):
     """tiny-cuda-nn's HashGrid behind the same interface (fp32 in and out, CUDA only)."""
 
@@ -191,7 +203,6 @@ def make_hash_encoding(n_levels: int = 16, n_features: int = 2, log2_size: int =
         if not triton_available():
             raise BadRequest("hash_grid.impl triton needs the triton package (it ships with torch's Linux CUDA "
                              "builds): set hash_grid.impl to auto or torch.")
-        from ..kernels.hashgrid import TritonHashGrid
 
         return TritonHashGrid(*args).to(device)
     if impl == "tcnn":

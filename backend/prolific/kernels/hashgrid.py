@@ -1,5 +1,6 @@
-"""The multiresolution hash encoding as Triton kernels: `TritonHashGrid`, a `TorchHashGrid` (same levels,
-hashing, table and initialisation, so state_dicts load in either) whose lookup runs fused.
+"""The multiresolution hash encoding as Triton kernels: `hash_encode`, the fused lookup of a `TorchHashGrid`'s
+table (field/hashgrid.py's `TritonHashGrid` calls it; same levels, hashing, table and initialisation, so
+state_dicts load in either).
 
 One program takes BLOCK points through every level: the 8 corners' rows are computed in registers (dense index
 or the spatial hash, exactly as `TorchHashGrid.corners`; in uint32, which wraps mod 2^32 and so agrees with its
@@ -14,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..field.hashgrid import TorchHashGrid
 
 BLOCK = 128
 
@@ -112,7 +112,7 @@ def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, 
         tl.store(grad_x_ptr + idx * 3 + 2, gx2, mask=m)
 
 
-def _layout(grid: TorchHashGrid) -> tuple:
+def _layout(grid) -> tuple:
     return grid._res.int().contiguous(), grid._mult.contiguous(), grid._offsets.contiguous()
 
 
@@ -149,10 +149,7 @@ class _TritonHashGridFunction(torch.autograd.Function):
         return grad_x if want_x else None, grad_params if want_params else None, None
 
 
-class TritonHashGrid(TorchHashGrid):
-    """`TorchHashGrid` with the fused Triton lookup (CUDA tensors; CPU ones under TRITON_INTERPRET=1)."""
-
-    impl = "triton"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _TritonHashGridFunction.apply(x.float().clamp(0.0, 1.0).contiguous(), self.params, self)
+def hash_encode(x: torch.Tensor, params: torch.Tensor, grid) -> torch.Tensor:
+    """Features [N, levels·F] of points x [N,3] in [0,1]^3 (fp32, contiguous) from `grid`'s table `params` and
+    layout (a `TorchHashGrid`: its resolutions, hash multipliers and level offsets)."""
+    return _TritonHashGridFunction.apply(x, params, grid)
