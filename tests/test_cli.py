@@ -36,7 +36,7 @@ def test_generate_writes_checkpoint_previews_and_turntable(tmp_path, tiny_sd_mod
     assert generate(tmp_path, model=tiny_sd_model) == 0
     out, err = capsys.readouterr()
     job = tmp_path / JOB
-    assert f"Result: {job}" in out
+    assert f"Result: {job} (finished in 0:" in out, "the result line says how long the job took"
     assert "6/6" in err, "the progress bar reaches the last step"
     assert checkpoint_step(job) == (6, True)
     assert sorted(p.name for p in (job / "previews").iterdir()) == [

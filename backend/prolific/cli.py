@@ -11,6 +11,7 @@ import re
 import shlex
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,7 @@ def resume_command(argv: list[str], preset: str) -> str:
 def generate(args: argparse.Namespace, argv: list[str]) -> int:
     from .pipeline import run_job
 
+    started = time.monotonic()
     cfg = make_job_config(args, parse_overrides(args))
     name = args.name or job_name(cfg.prompt, cfg.seed)
     if cfg.prior.model is None:
@@ -239,7 +241,7 @@ def generate(args: argparse.Namespace, argv: list[str]) -> int:
                              "it.") from None
         raise err
     result = outcome["result"]
-    print(f"Result: {result['job_dir']}")
+    print(f"Result: {result['job_dir']} (finished in {format_duration(time.monotonic() - started)})")
     for k, obj in enumerate(result["objects"]):
         shown = obj.get("mesh") or obj.get("checkpoint")
         print(f"  object {k}: {shown}")
