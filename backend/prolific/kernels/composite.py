@@ -41,6 +41,18 @@ def _composite_fwd(sd_ptr, feat_ptr, off_ptr, w_ptr, acc_ptr, opac_ptr, C: tl.co
 
 
 @triton.jit
+def _sample_grad(feat_ptr, gw_ptr, start, end, ch, gacc, gopac, C: tl.constexpr, BLOCK: tl.constexpr):
+    """For the BLOCK samples from `start` of a ray ending at `end`: their indices, masks, and the gradient of the
+    loss with respect to each sample's weight (its own, the opacity's and the accumulated features')."""
+    idx = start + tl.arange(0, BLOCK)
+    m = idx < end
+    m2 = m[:, None] & (ch[None, :] < C)
+    f = tl.load(feat_ptr + idx[:, None] * C + ch[None, :], mask=m2, other=0.0)
+    g = tl.load(gw_ptr + idx, mask=m, other=0.0) + gopac + tl.sum(f * gacc[None, :], axis=1)
+    return idx, m, m2, g
+
+
+@triton.jit
 def _composite_bwd(sd_ptr, feat_ptr, off_ptr, w_ptr, gw_ptr, gacc_ptr, gopac_ptr, gsd_ptr, gfeat_ptr,
                    C: tl.constexpr, CP: tl.constexpr, BLOCK: tl.constexpr):
     r = tl.program_id(0)
@@ -51,20 +63,12 @@ def _composite_bwd(sd_ptr, feat_ptr, off_ptr, w_ptr, gw_ptr, gacc_ptr, gopac_ptr
     gopac = tl.load(gopac_ptr + r)
     total = tl.sum(tl.zeros([BLOCK], dtype=tl.float32), axis=0)
     for start in range(begin, end, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        m = idx < end
-        m2 = m[:, None] & (ch[None, :] < C)
-        f = tl.load(feat_ptr + idx[:, None] * C + ch[None, :], mask=m2, other=0.0)
-        g = tl.load(gw_ptr + idx, mask=m, other=0.0) + gopac + tl.sum(f * gacc[None, :], axis=1)
+        idx, m, m2, g = _sample_grad(feat_ptr, gw_ptr, start, end, ch, gacc, gopac, C, BLOCK)
         total += tl.sum(g * tl.load(w_ptr + idx, mask=m, other=0.0), axis=0)
     carry = tl.sum(tl.zeros([BLOCK], dtype=tl.float32), axis=0)
     done = tl.sum(tl.zeros([BLOCK], dtype=tl.float32), axis=0)
     for start in range(begin, end, BLOCK):
-        idx = start + tl.arange(0, BLOCK)
-        m = idx < end
-        m2 = m[:, None] & (ch[None, :] < C)
-        f = tl.load(feat_ptr + idx[:, None] * C + ch[None, :], mask=m2, other=0.0)
-        g = tl.load(gw_ptr + idx, mask=m, other=0.0) + gopac + tl.sum(f * gacc[None, :], axis=1)
+        idx, m, m2, g = _sample_grad(feat_ptr, gw_ptr, start, end, ch, gacc, gopac, C, BLOCK)
         w = tl.load(w_ptr + idx, mask=m, other=0.0)
         sd = tl.load(sd_ptr + idx, mask=m, other=0.0)
         gw = g * w

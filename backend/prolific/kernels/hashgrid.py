@@ -20,6 +20,19 @@ BLOCK = 128
 
 
 @triton.jit
+def _load_block(x_ptr, n, F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's point indices and mask, the feature lanes and their mask, and the points' coordinates."""
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < n
+    feat = tl.arange(0, FP)
+    m2 = m[:, None] & (feat[None, :] < F)
+    x0 = tl.load(x_ptr + idx * 3, mask=m, other=0.0)
+    x1 = tl.load(x_ptr + idx * 3 + 1, mask=m, other=0.0)
+    x2 = tl.load(x_ptr + idx * 3 + 2, mask=m, other=0.0)
+    return idx, m, feat, m2, x0, x1, x2
+
+
+@triton.jit
 def _level_setup(x0, x1, x2, res_ptr, level):
     res = tl.load(res_ptr + level)
     resf = res.to(tl.float32)
@@ -44,28 +57,29 @@ def _corner_row(b0, b1, b2, cx: tl.constexpr, cy: tl.constexpr, cz: tl.constexpr
 
 
 @triton.jit
+def _corner(c: tl.constexpr, b0, b1, b2, f0, f1, f2, mult_ptr, off_ptr, level, is_dense, table_mask):
+    """Corner c (0-7, bits x y z) of each point's cell: its three trilinear weight factors and its table row."""
+    cx: tl.constexpr = (c >> 2) & 1
+    cy: tl.constexpr = (c >> 1) & 1
+    cz: tl.constexpr = c & 1
+    wx = f0 if cx == 1 else 1 - f0
+    wy = f1 if cy == 1 else 1 - f1
+    wz = f2 if cz == 1 else 1 - f2
+    row = _corner_row(b0, b1, b2, cx, cy, cz, mult_ptr, off_ptr, level, is_dense, table_mask)
+    return wx, wy, wz, row
+
+
+@triton.jit
 def _hashgrid_fwd(x_ptr, params_ptr, out_ptr, res_ptr, mult_ptr, off_ptr, n, n_levels, n_dense, table_mask,
                   F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = idx < n
-    feat = tl.arange(0, FP)
-    m2 = m[:, None] & (feat[None, :] < F)
-    x0 = tl.load(x_ptr + idx * 3, mask=m, other=0.0)
-    x1 = tl.load(x_ptr + idx * 3 + 1, mask=m, other=0.0)
-    x2 = tl.load(x_ptr + idx * 3 + 2, mask=m, other=0.0)
+    idx, m, feat, m2, x0, x1, x2 = _load_block(x_ptr, n, F, FP, BLOCK)
     mask_u = table_mask.to(tl.uint32)
     for level in range(n_levels):
         b0, b1, b2, f0, f1, f2, resf = _level_setup(x0, x1, x2, res_ptr, level)
         is_dense = level < n_dense
         acc = tl.zeros([BLOCK, FP], dtype=tl.float32)
         for c in tl.static_range(8):
-            cx = (c >> 2) & 1
-            cy = (c >> 1) & 1
-            cz = c & 1
-            wx = f0 if cx == 1 else 1 - f0
-            wy = f1 if cy == 1 else 1 - f1
-            wz = f2 if cz == 1 else 1 - f2
-            row = _corner_row(b0, b1, b2, cx, cy, cz, mult_ptr, off_ptr, level, is_dense, mask_u)
+            wx, wy, wz, row = _corner(c, b0, b1, b2, f0, f1, f2, mult_ptr, off_ptr, level, is_dense, mask_u)
             vals = tl.load(params_ptr + row[:, None] * F + feat[None, :], mask=m2, other=0.0)
             acc += (wx * wy * wz)[:, None] * vals
         tl.store(out_ptr + idx[:, None] * (n_levels * F) + level * F + feat[None, :], acc, mask=m2)
@@ -75,13 +89,7 @@ def _hashgrid_fwd(x_ptr, params_ptr, out_ptr, res_ptr, mult_ptr, off_ptr, n, n_l
 def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, res_ptr, mult_ptr, off_ptr, n,
                   n_levels, n_dense, table_mask, F: tl.constexpr, FP: tl.constexpr, WANT_PARAMS: tl.constexpr,
                   WANT_X: tl.constexpr, BLOCK: tl.constexpr):
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = idx < n
-    feat = tl.arange(0, FP)
-    m2 = m[:, None] & (feat[None, :] < F)
-    x0 = tl.load(x_ptr + idx * 3, mask=m, other=0.0)
-    x1 = tl.load(x_ptr + idx * 3 + 1, mask=m, other=0.0)
-    x2 = tl.load(x_ptr + idx * 3 + 2, mask=m, other=0.0)
+    idx, m, feat, m2, x0, x1, x2 = _load_block(x_ptr, n, F, FP, BLOCK)
     mask_u = table_mask.to(tl.uint32)
     gx0 = tl.zeros([BLOCK], dtype=tl.float32)
     gx1 = tl.zeros([BLOCK], dtype=tl.float32)
@@ -91,21 +99,16 @@ def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, 
         is_dense = level < n_dense
         g = tl.load(grad_out_ptr + idx[:, None] * (n_levels * F) + level * F + feat[None, :], mask=m2, other=0.0)
         for c in tl.static_range(8):
-            cx = (c >> 2) & 1
-            cy = (c >> 1) & 1
-            cz = c & 1
-            wx = f0 if cx == 1 else 1 - f0
-            wy = f1 if cy == 1 else 1 - f1
-            wz = f2 if cz == 1 else 1 - f2
-            row = _corner_row(b0, b1, b2, cx, cy, cz, mult_ptr, off_ptr, level, is_dense, mask_u)
+            wx, wy, wz, row = _corner(c, b0, b1, b2, f0, f1, f2, mult_ptr, off_ptr, level, is_dense, mask_u)
             ptr = row[:, None] * F + feat[None, :]
             if WANT_PARAMS:
                 tl.atomic_add(grad_params_ptr + ptr, (wx * wy * wz)[:, None] * g, mask=m2)
             if WANT_X:
                 per_corner = tl.sum(g * tl.load(params_ptr + ptr, mask=m2, other=0.0), axis=1) * resf
-                gx0 += (wy * wz if cx == 1 else -(wy * wz)) * per_corner
-                gx1 += (wx * wz if cy == 1 else -(wx * wz)) * per_corner
-                gx2 += (wx * wy if cz == 1 else -(wx * wy)) * per_corner
+                # d(weight)/dx of the corner: +1 or -1 (its x bit) times the other two factors; likewise y, z.
+                gx0 += (2 * ((c >> 2) & 1) - 1) * (wy * wz) * per_corner
+                gx1 += (2 * ((c >> 1) & 1) - 1) * (wx * wz) * per_corner
+                gx2 += (2 * (c & 1) - 1) * (wx * wy) * per_corner
     if WANT_X:
         tl.store(grad_x_ptr + idx * 3, gx0, mask=m)
         tl.store(grad_x_ptr + idx * 3 + 1, gx1, mask=m)
