@@ -22,7 +22,8 @@ def _bench(capsys, *args) -> tuple[int, dict]:
 def test_stage1_compare_reports_reference_and_optimised(capsys, tmp_path):
     code, result = _bench(capsys, "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"),
                           "--resolutions", "16,24", "--steps", "2", "--warmup", "1", "--compare",
-                          "--opt", "sdpa,batch,occupancy", "--json", str(tmp_path / "out.json"))
+                          "--opt", "sdpa,batch,occupancy", "--json", str(tmp_path / "out.json"),
+                          "--device", "cpu")
     assert code == 0
     assert json.loads((tmp_path / "out.json").read_text()) == result
     assert result["device"] == "cpu" and result["torch"] == torch.__version__
@@ -122,9 +123,9 @@ def test_sd21_shapes_cost_what_stable_diffusion_costs():
 
 def test_render_bench_compares_the_packed_renderer_with_the_dense_one(capsys, tmp_path):
     code, result = _bench(capsys, "render", "--compare", "--resolutions", "16,24", "--steps", "1", "--warmup", "1",
-                          "--out", str(tmp_path))
+                          "--out", str(tmp_path), "--device", "cpu")
     assert code == 0
-    assert json.loads((tmp_path / "render.json").read_text()) == result
+    assert json.loads((tmp_path / "render_blob.json").read_text()) == result and result["field"] == "blob"
     fast, dense = result["variants"]  # on a CPU the plain-PyTorch packed variant is `fast` itself
     assert (fast["renderer"], fast["hash_grid"]) == ("packed", "torch")
     assert (dense["renderer"], dense["hash_grid"]) == ("dense", "torch")
@@ -135,11 +136,16 @@ def test_render_bench_compares_the_packed_renderer_with_the_dense_one(capsys, tm
             assert r["ms"] > 0 and r["samples"] > 0
             assert r["samples_per_ray"] == round(r["samples"] / int(res) ** 2, 2)
     assert set(result["speedup_vs_dense"]["fast"]) == {"16", "24"}
+    # The opaque ball: rays stop inside its surface, so fewer samples reach the field than in the soft blob.
+    code, solid = _bench(capsys, "render", "--field", "solid", "--resolutions", "24", "--steps", "1", "--warmup", "0",
+                         "--out", str(tmp_path), "--device", "cpu")
+    assert code == 0 and (tmp_path / "render_solid.json").exists()
+    assert 0 < solid["variants"][0]["resolutions"]["24"]["samples"] < 0.7 * fast["resolutions"]["24"]["samples"]
 
 
 def test_hashgrid_bench_times_forward_and_both_backwards(capsys, tmp_path):
     code, result = _bench(capsys, "hashgrid", "--points", "2K,3000", "--preset", "test", "--steps", "1",
-                          "--warmup", "0", "--out", str(tmp_path))
+                          "--warmup", "0", "--out", str(tmp_path), "--device", "cpu")
     assert code == 0
     assert json.loads((tmp_path / "hashgrid.json").read_text()) == result
     assert result["grid"]["levels"] == 4

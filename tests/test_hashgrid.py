@@ -200,4 +200,6 @@ def test_auto_is_the_triton_grid_on_cuda_and_loads_a_torch_checkpoint():
         plain.params.normal_()
     fused.load_state_dict(plain.state_dict())
     x = torch.rand(10000, 3, device="cuda")
-    assert float((fused(x) - plain(x)).abs().max() / plain(x).abs().max()) <= 1e-5
+    # Compiled, the cell fraction is one fused multiply-add where PyTorch rounds res·x first: up to
+    # max_res·2^-24 of a cell apart (tests/kernel_cases.py::_tolerance).
+    assert float((fused(x) - plain(x)).abs().max() / plain(x).abs().max()) <= 2 * 512 * 2.0 ** -24

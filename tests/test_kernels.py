@@ -19,13 +19,24 @@ def _run_cases(interpret: bool) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if interpret:
         env["TRITON_INTERPRET"] = "1"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", "--tb=short",
                            str(HERE / "kernel_cases.py")], cwd=HERE.parent, env=env, capture_output=True, text=True,
                           timeout=900)
 
 
+def _old_interpreter() -> bool:
+    """Triton's interpreter before 3.9 (the GPU machine has 3.6) keeps a scalar as a 1-element array, which the
+    kernels' loops over loaded bounds cannot take under NumPy 2 ('only 0-dimensional arrays can be converted');
+    the compiled kernels are unaffected and are tested there."""
+    import triton
+
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 9)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (Linux x86_64 only)")
 def test_kernels_match_their_twins_under_the_interpreter():
+    if _old_interpreter():
+        pytest.skip("Triton's interpreter before 3.9 rejects the kernels' loop bounds under NumPy 2")
     proc = _run_cases(interpret=True)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout

@@ -8,7 +8,7 @@ from prolific.config import make_config
 from prolific.field.nerf import Background, NeRF
 from prolific.render.cameras import orbit_cameras
 from prolific.render.march import march_rays, march_step
-from prolific.render.packed import DenseRenderer, PackedRenderer, make_renderer, render_rays_packed
+from prolific.render.packed import DenseRenderer, PackedRenderer, _prune, make_renderer, render_rays_packed
 from prolific.render.volume import OccupancyGrid, render_rays
 from prolific.stages.nerf import regularisers
 
@@ -135,6 +135,25 @@ def test_early_termination_drops_the_samples_behind_an_opaque_surface(cfg):
     assert early["n_samples"] < 0.6 * full["n_samples"]
     for key in ("rgb", "opacity", "depth"):
         torch.testing.assert_close(early[key], full[key], rtol=0, atol=2e-3)
+
+
+def test_density_rounds_stop_at_opaque_rays_and_keep_the_samples_of_one_pass(cfg):
+    nerf, _ = _nerf(cfg)
+    with torch.no_grad():
+        nerf.mlp[-1].bias[0] = 100.0  # opaque within ~7 steps of entering the ball
+    cams = orbit_cameras(2, elevation_deg=20.0, distance=1.8, fov_deg=60.0)
+    origins, dirs = (v.reshape(-1, 3) for v in cams.rays(16, 16))
+    samples = march_rays(origins, dirs, cfg.bound, march_step(cfg.bound, 256), _ball_grid(cfg, 0.6))
+    evaluated = []
+    hook = nerf.encoding.register_forward_hook(lambda m, inp, out: evaluated.append(inp[0].shape[0]))
+    rounds = _prune(nerf, samples, origins, dirs, 1e-4, 0.01, first_round=8)
+    in_rounds, evaluated[:] = sum(evaluated), []
+    one_pass = _prune(nerf, samples, origins, dirs, 1e-4, 0.01, first_round=len(samples))
+    hook.remove()
+    assert sum(evaluated) == len(samples) and in_rounds < 0.5 * len(samples)
+    assert 0 < len(rounds) < 0.5 * len(samples)
+    for key in ("ray", "t", "dt", "offsets"):
+        assert torch.equal(getattr(rounds, key), getattr(one_pass, key))
 
 
 def test_the_renderer_is_chosen_from_the_config(cfg):

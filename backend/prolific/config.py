@@ -102,8 +102,10 @@ class NerfConfig:
     march_steps: int = 512
     early_stop: float = 1e-4
     alpha_threshold: float = 0.01
-    # The density/albedo MLP's precision: fp32, or bf16/fp16 autocast on CUDA (outputs and the density
-    # activation stay fp32); a CPU always runs fp32.
+    # The density/albedo MLP's precision: fp32, or bf16/fp16 autocast on CUDA (outputs, the density activation
+    # and the finite-difference normals stay fp32); a CPU always runs fp32. fp32 as the official code (run.sh
+    # has no -O); bf16 measured no faster on an H200 (`prolific bench render --field solid`: 32.4 vs 34.2 ms at
+    # 512, 14.0 vs 10.7 ms at 64; bench_results/2026-12-01_h200_render_solid*.json).
     mlp_precision: str = "fp32"
 
 

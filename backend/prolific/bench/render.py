@@ -1,12 +1,14 @@
 """`prolific bench render`: stage 1's NeRF render + backward alone, per resolution and renderer.
 
-The field is the blob initialisation (an object-sized soft ball, radius ≈ 0.5 of the unit cube, like a young
-stage-1 object) behind its updated occupancy grid; each step renders one random training camera with the
-particle's renderer, back-propagates a loss on rgb and opacity and zeroes the gradients. Reported: ms per step
-(median), samples the field evaluated, samples per ray, peak memory. The variant names: `fast` is the config's
-choice (auto: packed renderer, Triton hash grid and compositing on CUDA), `packed-torch` the packed renderer in
-plain PyTorch (CUDA only: on a CPU it is `fast`), `dense` the dense renderer with the PyTorch hash grid (before
-the fast path); `--compare` runs them all in one process and gives dense / variant ratios.
+The field (--field) is object-sized, behind its updated occupancy grid: `blob` is stage 1's initialisation, a
+soft ball of radius 0.5 that no ray crosses opaquely (the most samples per pixel a young object has), `solid`
+the same ball with a sharp opaque surface (blob λ = 1000: a ray's transmittance falls below early_stop ≈ 0.1
+inside it, as on a trained object). Each step renders one random training camera with the particle's renderer,
+back-propagates a loss on rgb and opacity and zeroes the gradients. Reported: ms per step (median), samples the
+field evaluated with gradients, samples per ray, peak memory. The variant names: `fast` is the config's choice
+(auto: packed renderer, Triton hash grid, marching and compositing on CUDA), `packed-torch` the packed renderer
+in plain PyTorch (CUDA only: on a CPU it is `fast`), `dense` the dense renderer with the PyTorch hash grid
+(before the fast path); `--compare` runs them all in one process and gives dense / variant ratios.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..prior.speed import log
 from . import common
 
 GPU_RESOLUTIONS = "64,256,512"
+FIELDS = {"blob": None, "solid": 1000.0}  # --field -> the blob's λ (None: the initialisation's)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "test on a CPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a nerf setting for every variant, e.g. --set march_steps=256 (repeatable)")
+    parser.add_argument("--field", choices=sorted(FIELDS), default="blob",
+                        help="the field rendered: blob (stage 1's initialisation) or solid (an opaque ball)")
     parser.add_argument("--compare", action="store_true", help="also run packed-torch (CUDA) and dense")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per resolution")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (kernels compile here)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="folder to write render.json into")
+    parser.add_argument("--out", type=Path, default=None, help="folder to write render_<field>.json into")
     return parser
 
 
@@ -72,17 +77,20 @@ def variant_configs(ncfg, grid, device: torch.device, compare: bool) -> list[tup
 def measure(name: str, ncfg, grid, cameras_cfg, device: torch.device, resolutions: list[int], args) -> dict:
     from ..render.cameras import sample_cameras
     from ..render.composite import composite as composite_torch
+    from ..render.march import walk_lattice
     from ..stages import nerf as nerf_stage
 
     torch.manual_seed(args.seed)
     particle = nerf_stage.make_particle(ncfg, grid, device)
+    if FIELDS[args.field] is not None:
+        particle.nerf.blob_lambda = FIELDS[args.field]
     renderer = particle.renderer
-    if name == "packed-torch":  # the same marching with segment-op compositing
-        renderer = dataclasses.replace(renderer, composite=composite_torch)
+    if name == "packed-torch":  # the same samples, marched and composited with PyTorch ops
+        renderer = dataclasses.replace(renderer, composite=composite_torch, walk=walk_lattice)
     generator = torch.Generator(device).manual_seed(args.seed)
     nerf_stage.update_occupancy([particle], generator)
     out = {"name": name, "renderer": renderer.name, "hash_grid": particle.nerf.encoding.impl,
-           "composite": getattr(getattr(renderer, "composite", None), "__module__", None),
+           "kernels": getattr(renderer, "fused", False), "mlp_precision": ncfg.mlp_precision,
            "occupied_fraction": round(particle.occupancy.occupied_fraction, 4), "resolutions": {}}
     for res in resolutions:
         common.free_memory(device)
@@ -122,7 +130,8 @@ def run(argv: list[str]) -> dict:
     preset = args.preset or ("standard" if device.type == "cuda" else "test")
     cfg = make_config("a bench object", preset, {"device": str(device), "nerf": nerf_overrides(args.set)})
     resolutions = common.parse_resolutions(args.resolutions, device, GPU_RESOLUTIONS, cfg.nerf.resolutions)
-    result = {"bench": "render", **common.environment(device), "preset": preset, "steps": args.steps,
+    result = {"bench": "render", **common.environment(device), "preset": preset, "field": args.field,
+              "steps": args.steps,
               "warmup": args.warmup, "march_steps": cfg.nerf.march_steps, "early_stop": cfg.nerf.early_stop,
               "variants": []}
     for name, ncfg, grid in variant_configs(cfg.nerf, cfg.hash_grid, device, args.compare):
@@ -134,5 +143,5 @@ def run(argv: list[str]) -> dict:
             v["name"]: {res: round(dense["resolutions"][res]["ms"] / r["ms"], 2)
                         for res, r in v["resolutions"].items() if "ms" in r and "ms" in dense["resolutions"][res]}
             for v in result["variants"] if v is not dense}
-    common.emit(result, args.out / "render.json" if args.out is not None else None)
+    common.emit(result, args.out / f"render_{args.field}.json" if args.out is not None else None)
     return result

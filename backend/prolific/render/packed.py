@@ -7,9 +7,10 @@ weights[sampled] either way).
 
 Early termination (a ray stops once its transmittance is below `early_stop`) and skipping near-empty samples
 (alpha below `alpha_threshold`) need the densities, so they are done as nerfacc's sampling with a sigma_fn (what
-threestudio renders with): one pass of the density alone without gradients over the packed samples, then those
-samples are dropped before the field runs with gradients, so neither its forward nor its backward pays for
-them.
+threestudio renders with): the density alone without gradients over the packed samples, then those samples are
+dropped before the field runs with gradients, so neither its forward nor its backward pays for them. Unlike
+nerfacc, the density pass runs in rounds along the rays and stops at the rays that turned opaque (`_prune`),
+so the inside of a solid object costs nothing.
 """
 from __future__ import annotations
 
@@ -23,19 +24,23 @@ from ..field.hashgrid import triton_available
 from .cameras import Cameras
 from .composite import composite as composite_torch
 from .composite import transmittance
-from .march import PackedSamples, march_rays, march_step
+from .march import PackedSamples, march_rays, march_step, walk_lattice
 from .shading import LIGHT
 from .volume import (OccupancyGrid, as_images, background_rgb, check_shading, eval_field, light_directions,
                      render_nerf)
 
-_DENSITY_CHUNK = 1 << 20  # points per no-grad density call of the early-termination pass
+_DENSITY_CHUNK = 1 << 22  # points per no-grad density call of the early-termination pass
+# Samples per ray in the first round of density calls (then twice as many per round): Instant-NGP marches in
+# rounds too; 32 covers an opaque surface (a ray of a trained object turns opaque within ~15 steps of 512 after
+# its first occupied cell, which pads the surface by up to a cell, ~5 steps at the standard occupancy grid).
+FIRST_ROUND = 32
 
 
 def render_nerf_packed(nerf, background, cameras: Cameras, H: int, W: int, shading: str = "albedo",
                        occupancy: OccupancyGrid | None = None, step: float = 0.01, early_stop: float = 0.0,
                        alpha_threshold: float = 0.0, light_dir: torch.Tensor | None = None, jitter: bool | None = None,
-                       generator: torch.Generator | None = None,
-                       composite: Callable = composite_torch) -> dict[str, torch.Tensor]:
+                       generator: torch.Generator | None = None, composite: Callable = composite_torch,
+                       walk: Callable = walk_lattice) -> dict[str, torch.Tensor]:
     """`render_nerf` (same arguments and outputs) with packed samples every `step` world units."""
     check_shading(shading)
     B = len(cameras)
@@ -43,19 +48,19 @@ def render_nerf_packed(nerf, background, cameras: Cameras, H: int, W: int, shadi
     ray_batch = torch.arange(B, device=origins.device).repeat_interleave(H * W)
     light = light_directions(cameras, light_dir, origins.dtype)[ray_batch] if shading != "albedo" else None
     out = render_rays_packed(nerf, background, origins.reshape(-1, 3), dirs.reshape(-1, 3), ray_batch, light,
-                             shading, occupancy, step, early_stop, alpha_threshold, jitter, generator, composite)
+                             shading, occupancy, step, early_stop, alpha_threshold, jitter, generator, composite, walk)
     return as_images(out, B, H, W)
 
 
 def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tensor, ray_batch: torch.Tensor,
                        light: torch.Tensor | None, shading: str = "albedo", occupancy: OccupancyGrid | None = None,
                        step: float = 0.01, early_stop: float = 0.0, alpha_threshold: float = 0.0,
-                       jitter: bool | None = None,
-                       generator: torch.Generator | None = None,
-                       composite: Callable = composite_torch) -> dict[str, torch.Tensor]:
+                       jitter: bool | None = None, generator: torch.Generator | None = None,
+                       composite: Callable = composite_torch,
+                       walk: Callable = walk_lattice) -> dict[str, torch.Tensor]:
     """`volume.render_rays` with packed samples: per-ray outputs for rays origins/dirs [R,3]."""
     jitter = nerf.training if jitter is None else jitter
-    samples = march_rays(origins, dirs, nerf.bound, step, occupancy, jitter, generator)
+    samples = march_rays(origins, dirs, nerf.bound, step, occupancy, jitter, generator, walk)
     if (early_stop > 0 or alpha_threshold > 0) and len(samples) > 0:
         samples = _prune(nerf, samples, origins, dirs, early_stop, alpha_threshold)
     ray, t = samples.ray, samples.t
@@ -79,26 +84,61 @@ def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tens
 
 
 @torch.no_grad()
-def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha_threshold: float) -> PackedSamples:
-    x = origins[samples.ray] + samples.t[:, None] * dirs[samples.ray]
-    sigma_dt = torch.cat([nerf.density(chunk).float() for chunk in x.split(_DENSITY_CHUNK)]) * samples.dt
+def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha_threshold: float,
+           first_round: int = FIRST_ROUND) -> PackedSamples:
+    """The samples that reach the field: transmittance >= early_stop and alpha >= alpha_threshold. With early
+    termination the densities are taken in rounds along the rays (the first `first_round` samples of every ray,
+    then twice as many of the rays still lit, and so on), so a ray stops costing density calls soon after it
+    turns opaque instead of after the object's far side; the kept samples are those of one pass over all."""
+    if early_stop <= 0:
+        sigma_dt = _sigma_dt(nerf, samples, origins, dirs, slice(None))
+    else:
+        sigma_dt = torch.zeros_like(samples.t)
+        along = torch.arange(len(samples), device=samples.t.device) - samples.offsets[samples.ray]  # index in ray
+        counts = samples.offsets.diff()
+        depth = torch.zeros(samples.n_rays, dtype=torch.float64, device=samples.t.device)  # optical depth so far
+        lit, lo, size = counts > 0, 0, first_round
+        while True:
+            idx = (lit[samples.ray] & (along >= lo) & (along < lo + size)).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            sd = _sigma_dt(nerf, samples, origins, dirs, idx)
+            sigma_dt[idx] = sd
+            depth.index_add_(0, samples.ray[idx], sd.double())
+            lo, size = lo + size, 2 * size
+            lit &= (counts > lo) & (torch.exp(-depth) >= early_stop)
     keep = transmittance(sigma_dt, samples.ray, samples.offsets) >= early_stop
     return samples.select(keep & (1 - torch.exp(-sigma_dt) >= alpha_threshold))
 
 
+def _sigma_dt(nerf, samples: PackedSamples, origins, dirs, idx) -> torch.Tensor:
+    """σ·Δt of the samples `idx` (indices or a slice), in chunks of _DENSITY_CHUNK points."""
+    ray = samples.ray[idx]
+    x = origins[ray] + samples.t[idx, None] * dirs[ray]
+    return torch.cat([nerf.density(chunk).float() for chunk in x.split(_DENSITY_CHUNK)]) * samples.dt[idx]
+
+
 @dataclass(frozen=True)
 class PackedRenderer:
-    """render_nerf_packed with a particle's settings: step, the pruning thresholds, the compositing."""
+    """render_nerf_packed with a particle's settings: step, the pruning thresholds, the lattice walk and the
+    compositing (segment ops, or the Triton kernels)."""
 
     step: float
     early_stop: float = 0.0
     alpha_threshold: float = 0.0
     composite: Callable = composite_torch
+    walk: Callable = walk_lattice
     name: str = "packed"
 
     def __call__(self, nerf, background, cameras: Cameras, H: int, W: int, **kwargs) -> dict[str, torch.Tensor]:
         return render_nerf_packed(nerf, background, cameras, H, W, step=self.step, early_stop=self.early_stop,
-                                  alpha_threshold=self.alpha_threshold, composite=self.composite, **kwargs)
+                                  alpha_threshold=self.alpha_threshold, composite=self.composite, walk=self.walk,
+                                  **kwargs)
+
+    @property
+    def fused(self) -> bool:
+        """Whether it runs the Triton kernels (march and composite) rather than plain PyTorch."""
+        return self.walk is not walk_lattice
 
 
 @dataclass(frozen=True)
@@ -114,17 +154,13 @@ class DenseRenderer:
 
 def make_renderer(cfg: NerfConfig, device: torch.device | str | None = None):
     """The renderer nerf.renderer names (auto = packed); on CUDA with triton importable the packed renderer
-    composites with the Triton kernel, elsewhere with segment ops."""
+    marches and composites with the Triton kernels, elsewhere in plain PyTorch."""
     if cfg.renderer == "dense":
         return DenseRenderer(cfg.samples_per_ray)
-    return PackedRenderer(march_step(cfg.bound, cfg.march_steps), cfg.early_stop, cfg.alpha_threshold,
-                          fused_composite(device))
-
-
-def fused_composite(device: torch.device | str | None) -> Callable:
-    """The Triton compositing kernel on a CUDA device when triton imports, else the segment-op version."""
+    step = march_step(cfg.bound, cfg.march_steps)
     if torch.device(device or "cpu").type == "cuda" and triton_available():
         from ..kernels.composite import composite as composite_triton
+        from ..kernels.march import walk_lattice as walk_triton
 
-        return composite_triton
-    return composite_torch
+        return PackedRenderer(step, cfg.early_stop, cfg.alpha_threshold, composite_triton, walk_triton)
+    return PackedRenderer(step, cfg.early_stop, cfg.alpha_threshold)

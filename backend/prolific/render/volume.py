@@ -114,19 +114,21 @@ def background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> t
     return bg.expand(dirs.shape[0], 3) if bg.dim() == 1 else bg[ray_batch]
 
 
-# Above this many samples the field runs in checkpointed chunks: its activations (64+ floats per sample, 4×
-# the points with normals) would take tens of GB at 512² × 64 samples (measured: OOM on an 80 GB H100).
-FIELD_CHUNK = 1 << 20
+# Above this many network points (4 per sample with normals) the field runs in checkpointed chunks: its
+# activations take ~350 bytes per point in bf16, ~700 in fp32, i.e. tens of GB for the dense renderer's
+# 512² × 64 samples with normals (measured: OOM on an 80 GB H100). Below it the network runs once: recomputing
+# it in backward would cost a third more field work per step.
+FIELD_CHUNK = 1 << 23
 
 
 def eval_field(nerf, x: torch.Tensor, with_normal: bool):
     """nerf(x) for the sampled points; with gradients and many points, in chunks that keep only their outputs
     and recompute the network in backward (activation checkpointing), so memory grows ~10 floats per sample."""
     call = (lambda pts: nerf(pts, with_normal=True)) if with_normal else nerf
-    if not torch.is_grad_enabled() or x.shape[0] <= FIELD_CHUNK:
+    chunk = FIELD_CHUNK // 4 if with_normal else FIELD_CHUNK
+    if not torch.is_grad_enabled() or x.shape[0] <= chunk:
         return call(x)
-    parts = [checkpoint(call, chunk, use_reentrant=False, preserve_rng_state=False)
-             for chunk in x.split(FIELD_CHUNK)]
+    parts = [checkpoint(call, part, use_reentrant=False, preserve_rng_state=False) for part in x.split(chunk)]
     return tuple(torch.cat(outs) for outs in zip(*parts))
 
 
