@@ -61,6 +61,7 @@ def walk_lattice(origins: torch.Tensor, dirs: torch.Tensor, entry: torch.Tensor,
     entry, u = entry.float().contiguous(), u.float().contiguous()
     n_steps = n_steps.to(torch.int32).contiguous()
     has_grid = occupancy is not None
+    # Pointers a pass does not read (HAS_GRID / WRITE off) get any tensor of the device.
     occ = occupancy.occupied.reshape(-1).view(torch.uint8) if has_grid else n_steps
     res, bound = (occupancy.res, occupancy.bound) if has_grid else (1, 1.0)
     counts = torch.zeros(R, dtype=torch.int64, device=device)
