@@ -35,10 +35,9 @@ def add_common_args(parser: argparse.ArgumentParser, resolutions: str) -> None:
     parser.add_argument("--particles", type=int, default=1)
     parser.add_argument("--guidance", choices=("vsd", "sds"), default=None, help="default: the preset's")
     parser.add_argument("--opt", action="append", default=None,
-                        help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, compile, "
-                             "compile-max, cudagraphs, batch, fused-adam, occupancy, tcnn; best; none). "
-                             "Repeat --opt to measure several variants in one process. Default: best on "
-                             "CUDA, sdpa,batch,occupancy on CPU")
+                        help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, batch, "
+                             "fused-adam; best; none). Repeat --opt to measure several variants in one "
+                             "process. Default: best on CUDA, sdpa,batch on CPU")
     parser.add_argument("--reference", action="store_true",
                         help="run the reference implementations' way only (fp16 eager, separate LoRA UNet copy, "
                              "PyTorch hash grid, no occupancy skipping)")
@@ -78,11 +77,9 @@ def variants(args, device: torch.device) -> list[tuple[str, SpeedOptions, bool]]
     """(name, options, reference?) in the order they run."""
     from ..prior.speed import reference_options
 
-    default = "best" if device.type == "cuda" else "sdpa,batch,occupancy"
-    chosen = [(text, SpeedOptions.parse(text), False) for text in (args.opt or [default])]
-    ref_options = reference_options()
-    ref_options.occupancy = args.reference_occupancy
-    ref = [("reference", ref_options, True)]
+    default = "best" if device.type == "cuda" else "sdpa,batch"
+    chosen = [(text, SpeedOptions.parse(text, log), False) for text in (args.opt or [default])]
+    ref = [("reference", reference_options(), True)]
     if args.reference and not args.compare:
         return ref
     return ref + chosen if args.compare else chosen
