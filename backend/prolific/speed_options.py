@@ -25,6 +25,7 @@ class SpeedOptions:
     channels_last: bool = False  # NHWC memory format for the UNet and VAE convolutions
     batch: bool = False  # CFG pair + LoRA branch in one UNet call, the LoRA gated per sample
     fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
+    graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)
 
     @classmethod
     def parse(cls, text: str, warn: Callable[[str], None] | None = None) -> "SpeedOptions":
@@ -62,4 +63,5 @@ def already_told(message: str) -> None:
 
 
 def best_options() -> SpeedOptions:
-    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True)
+    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True,
+                        graphs=True)

@@ -126,8 +126,8 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
     if stage == "stage3":
         normals = [m.vertex_normals() for m in meshes]
     patches = [timer.wrap(module, "render_mesh", "render"),
-               timer.wrap(guidance.prior, "encode_images", "encode"),
-               timer.wrap(guidance.prior, "predict_noise", "prior"),
+               timer.wrap(guidance, "encode", "encode"),
+               timer.wrap(guidance, "pretrained", "prior"),
                timer.wrap(guidance, "both_branches", "prior"),
                timer.wrap(guidance, "loss", "loss", after="backward")]
     if stage == "stage2":
@@ -159,18 +159,20 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
                                                       guidance, i)
                     run_steps(ctx, section, sub, 0, step_fn, lambda done: None)
 
-                out["resolutions"][str(res)] = run_resolution(stage, name, res, loop, timer, args, device, out)
+                out["resolutions"][str(res)] = run_resolution(stage, name, res, loop, timer, guidance, args, device,
+                                                              out)
     finally:
         guidance.close()
 
 
 
 
-def run_resolution(stage, name, res, loop, timer, args, device, out) -> dict:
+def run_resolution(stage, name, res, loop, timer, guidance, args, device, out) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log(f"bench {stage} [{name}] {res}px: {args.warmup} warm-up + {args.steps} timed step(s)")
     result: dict = {}
+    captured_before = common.capture_seconds(guidance)
     start = time.perf_counter()
     try:
         loop()
@@ -180,6 +182,7 @@ def run_resolution(stage, name, res, loop, timer, args, device, out) -> dict:
     result["wall_s"] = round(time.perf_counter() - start, 2)
     timer.steps = timer.steps[:-1]  # the last iteration also saved a preview
     result.update(timer.summary(skip=args.warmup))
+    result.update(common.graphs_block(guidance, captured_before))
     ms = result.get("ms_per_step")
     if ms:
         result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)

@@ -135,8 +135,8 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
 
         timer = PartTimer(device)
         patches = [timer.wrap(p, "renderer", "render") for p in particles]
-        patches += [timer.wrap(distill.prior, "encode_images", "encode"),
-                   timer.wrap(distill.prior, "predict_noise", "prior"),
+        patches += [timer.wrap(distill, "encode", "encode"),
+                   timer.wrap(distill, "pretrained", "prior"),
                    timer.wrap(distill, "both_branches", "prior"),
                    timer.wrap(distill, "eps_phi", "estimator"),
                    timer.wrap(distill, "loss", "loss", after="backward"),
@@ -178,6 +178,7 @@ def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, gener
         torch.cuda.reset_peak_memory_stats(device)
     timer.steps = []
     result: dict = {}
+    captured_before = common.capture_seconds(distill)
     log(f"bench stage1 [{name}] {res}px: {args.warmup} warm-up step(s)")
     start = time.perf_counter()
     try:
@@ -193,6 +194,7 @@ def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, gener
     except Exception as err:  # noqa: BLE001
         return common.record_failure(result, err, device)
     result.update(timer.summary(skip=args.warmup))
+    result.update(common.graphs_block(distill, captured_before))
     ms = result.get("ms_per_step")
     if ms:
         result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)

@@ -14,18 +14,23 @@ What runs is chosen when the estimator is built: `batched=True` evaluates the pr
 UNet call (`both_branches`: the LoRA gated per sample by `LoraSampleGate`, the camera embedding zero on the
 pretrained samples), else one call per branch; `separate_estimator=True` keeps the LoRA on a copy of the UNet, as
 the reference implementations do (the bench's side-by-side baseline); `fused_adam` picks the single-kernel AdamW
-on CUDA.
+on CUDA; `graphs=True` replays CUDA graphs (prior/graphs.py) of the VAE encoder's forward and backward, of the
+batched branches and of the LoRA update step, per shape, and runs them eagerly where capture is impossible
+(saying so once through `say`).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import sys
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from ..config import PriorConfig
 from .diffusion import DiffusionPrior, PromptEmbeddings, guided_eps
+from .graphs import Captures
 
 ADAPTER = "vsd"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -37,6 +42,10 @@ def time_range(cfg: PriorConfig, step: int, total_steps: int) -> tuple[float, fl
     if step < cfg.anneal_fraction * total_steps:
         return cfg.t_min, cfg.t_max
     return cfg.t_min, cfg.t_max_annealed
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def vsd_gradient(eps_pretrained: torch.Tensor, eps_phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -89,7 +98,8 @@ class ScoreDistillation:
     """Turns renders into a loss whose gradient w.r.t. the renders' model-space x0 is the VSD/SDS direction."""
 
     def __init__(self, prior: DiffusionPrior, cfg: PriorConfig, guidance: str, batched: bool = False,
-                 separate_estimator: bool = False, fused_adam: bool = False):
+                 separate_estimator: bool = False, fused_adam: bool = False, graphs: bool = False,
+                 say: Callable[[str], None] = _to_stderr):
         if guidance not in ("vsd", "sds"):
             raise ValueError(f"Unknown guidance '{guidance}': use vsd or sds.")
         if batched and separate_estimator:
@@ -99,6 +109,18 @@ class ScoreDistillation:
         self.batched = batched and guidance == "vsd"
         self.fused_adam = fused_adam and prior.device.type == "cuda"
         self.gate = LoraSampleGate()
+        self.captures = Captures(prior.device, say) if graphs else None
+        # What the loss and the estimator's update call: captured per shape, or the eager methods themselves.
+        self._encoder: Callable = prior.encode_images
+        self._pretrained: Callable = prior.predict_noise
+        self._branches: Callable = self._both_branches
+        self._train: Callable = self._train_step
+        if self.captures is not None:
+            if not prior.pixel_space:
+                self._encoder = self.captures.encoder("the VAE encoder", prior.encode_images)
+            self._pretrained = self.captures.call("the pretrained CFG pair", prior.predict_noise)
+            self._branches = self.captures.call("the pretrained CFG pair and ε_φ", self._both_branches)
+            self._train = self.captures.call("the LoRA update", self._train_step)
         self._batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._batch_used = False
         self._camera_emb: torch.Tensor | None = None
@@ -140,7 +162,10 @@ class ScoreDistillation:
             self.camera = CameraEmbedding(time_dim).to(self.prior.device)
             self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
             params += list(self.camera.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lora_lr, fused=self.fused_adam or None)
+        # Captured, the step counts live on the device (capturable); every step then runs that same code.
+        capturable = self.captures is not None and self.captures.enabled
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lora_lr, fused=self.fused_adam or None,
+                                           capturable=capturable)
 
     def _set_adapter(self, enabled: bool) -> None:
         for layer in self._tuner_layers:
@@ -183,7 +208,10 @@ class ScoreDistillation:
                       guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(guided ε_pretrained, ε_φ) from ONE UNet call on [cond, uncond, ε_φ's text] (without uncond, or at CFG
         scale 1: [cond, ε_φ's text]); the same numbers as `prior.predict_noise` then `eps_phi`, one launch
-        sequence instead of two."""
+        sequence instead of two (a replayed graph of it with `graphs`)."""
+        return self._branches(x_t, t, cond, uncond, phi_cond, c2w, guidance_scale)
+
+    def _both_branches(self, x_t, t, cond, uncond, phi_cond, c2w, guidance_scale):
         n = x_t.shape[0]
         guided = uncond is not None and guidance_scale != 1.0
         embs = [cond, uncond, phi_cond] if guided else [cond, phi_cond]
@@ -227,7 +255,7 @@ class ScoreDistillation:
         cfg.sds_guidance_scale under SDS.
         """
         prior, cfg = self.prior, self.cfg
-        x0 = prior.encode_images(images)
+        x0 = self.encode(images)
         B = x0.shape[0]
         t_lo, t_hi = time_range(cfg, step, total_steps)
         t = self._sample_t(B, t_lo, t_hi, generator)
@@ -241,10 +269,10 @@ class ScoreDistillation:
                 if self.batched:
                     eps_pre, eps_phi = self.both_branches(x_t, t, cond, uncond, phi_cond, c2w, cfg.guidance_scale)
                 else:
-                    eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.guidance_scale)
+                    eps_pre = self.pretrained(x_t, t, cond, uncond, cfg.guidance_scale)
                     eps_phi = self.eps_phi(x_t, t, phi_cond, c2w)
             else:
-                eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.sds_guidance_scale)
+                eps_pre = self.pretrained(x_t, t, cond, uncond, cfg.sds_guidance_scale)
                 eps_phi = noise
             grad = vsd_gradient(eps_pre, eps_phi, 1 - ab)
         target = (x0 - grad).detach()
@@ -255,6 +283,15 @@ class ScoreDistillation:
             self._batch.append((x0.detach(), c2w.detach().to(prior.device).float(), phi_cond.detach()))
         info = {"t": t.float().mean().item(), "t_range": (t_lo, t_hi), "grad_norm": grad.norm().item()}
         return loss, info
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """prior.encode_images (replayed from graphs with `graphs`)."""
+        return self._encoder(images)
+
+    def pretrained(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+                   guidance_scale: float) -> torch.Tensor:
+        """prior.predict_noise, the guided pretrained ε (replayed from graphs with `graphs`)."""
+        return self._pretrained(x_t, t, cond, uncond, guidance_scale)
 
     # -- the estimator's own training -----------------------------------------------------------------------
 
@@ -270,18 +307,25 @@ class ScoreDistillation:
         x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
         self._batch_used = True
         for _ in range(self.cfg.lora_steps_per_iter):
+            # Random numbers come from the job's generator, outside any captured graph.
             t = self._sample_t(x0.shape[0], self.cfg.lora_t_min, self.cfg.lora_t_max, generator)
             noise = self._noise(x0, generator)
-            ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
             dropped = self.cfg.camera_dropout > 0 and self._uniform(generator) < self.cfg.camera_dropout
-            self.optimizer.zero_grad(set_to_none=True)
-            # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
-            with self._estimator(torch.zeros_like(c2w) if dropped else c2w):
-                loss = ((self.prior.unet_eps(x_t, t, cond, unet=self.unet) - noise) ** 2).mean()
-                loss.backward()
-            self.optimizer.step()
+            loss = self._train(x0, t, noise, torch.zeros_like(c2w) if dropped else c2w, cond)
         return loss.item()
+
+    def _train_step(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, c2w: torch.Tensor,
+                    cond: torch.Tensor) -> torch.Tensor:
+        """One AdamW step of the LoRA + camera MLP on ‖ε_φ(x_t, t, c, y) − ε‖²; returns the loss (no sync)."""
+        ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        self.optimizer.zero_grad(set_to_none=True)
+        # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
+        with self._estimator(c2w):
+            loss = ((self.prior.unet_eps(x_t, t, cond, unet=self.unet) - noise) ** 2).mean()
+            loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
@@ -319,4 +363,6 @@ class ScoreDistillation:
             self.unet.delete_adapters(ADAPTER)
             self.lora_params = {}
         self.unet = None  # a reference layout's copy is released
+        if self.captures is not None:
+            self.captures.release()
         self._batch = []

@@ -166,7 +166,8 @@ def score_distillation(ctx: StageContext, guidance: Guidance, optimizers: list, 
     shared UNet and every setting is back as it was, for the next stage and the next job."""
     options = speed.job_options(ctx.cfg.prior.speed, ctx.device)
     with speed.applied(ctx.prior, options):
-        distill = ScoreDistillation(ctx.prior, guidance.prior, guidance.mode, **speed.estimator_kwargs(options))
+        distill = ScoreDistillation(ctx.prior, guidance.prior, guidance.mode, **speed.estimator_kwargs(options),
+                                    say=lambda message: ctx.reporter.warn("eager_fallback", message))
         try:
             if state is not None:
                 distill.load_state_dict(state)
