@@ -352,7 +352,18 @@ class ScoreDistillation:
                 param.copy_(state["lora"][name])
         if self.camera is not None and state.get("camera") is not None:
             self.camera.load_state_dict(state["camera"])
+        capturable = [g["capturable"] for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        # A checkpoint of a job run without graphs (or the other way round) keeps this estimator's own mode: the
+        # saved hyper-parameters would otherwise switch it. Step counts live where that mode reads them (torch's
+        # AdamW: on the device when capturable or fused, on the CPU otherwise).
+        for group, keep in zip(self.optimizer.param_groups, capturable):
+            group["capturable"] = keep
+            for p in group["params"]:
+                step = self.optimizer.state.get(p, {}).get("step")
+                if torch.is_tensor(step):
+                    where = p.device if keep or group.get("fused") else "cpu"
+                    self.optimizer.state[p]["step"] = step.to(where, torch.float32)
 
     def close(self) -> None:
         """Detach the estimator from the shared UNet (the prior stays loaded for the next job)."""
