@@ -8,7 +8,6 @@ import torch
 
 from prolific.cli import main
 from prolific.bench import sd_shapes
-from prolific.prior import speed
 
 PARTS = {"render", "encode", "prior", "backward", "optimizer", "lora_update"}
 
@@ -22,7 +21,7 @@ def _bench(capsys, *args) -> tuple[int, dict]:
 def test_stage1_compare_reports_reference_and_optimised(capsys, tmp_path):
     code, result = _bench(capsys, "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"),
                           "--resolutions", "16,24", "--steps", "2", "--warmup", "1", "--compare",
-                          "--opt", "sdpa,batch,occupancy", "--json", str(tmp_path / "out.json"),
+                          "--opt", "sdpa,batch", "--json", str(tmp_path / "out.json"),
                           "--device", "cpu")
     assert code == 0
     assert json.loads((tmp_path / "out.json").read_text()) == result
@@ -43,23 +42,7 @@ def test_stage1_compare_reports_reference_and_optimised(capsys, tmp_path):
     # The reference runs ε_φ as its own UNet call; batched, it rides along with the pretrained one.
     assert ref["resolutions"]["16"]["breakdown_ms"]["estimator"] > 0
     assert "occupied_fraction" in opt["resolutions"]["16"] and "occupied_fraction" not in ref["resolutions"]["16"]
-    assert set(result["speedup_vs_reference"]["sdpa,batch,occupancy"]) == {"16", "24"}
-
-
-def test_a_failing_compile_is_reported_and_the_bench_goes_on(capsys, monkeypatch, tiny_sd_model):
-    def broken_compile(prior, mode):
-        def fail(*args, **kwargs):
-            raise RuntimeError("inductor exploded")
-        prior.unet._compiled_call_impl = fail
-        return ["unet"]
-
-    monkeypatch.setattr(speed, "compile_prior", broken_compile)
-    code, result = _bench(capsys, "stage1", "--model", str(tiny_sd_model), "--resolutions", "16", "--steps", "1",
-                          "--warmup", "1", "--opt", "compile,batch")
-    assert code == 0
-    (variant,) = result["variants"]
-    assert "inductor exploded" in variant["errors"]["compile"]
-    assert variant["resolutions"]["16"]["ms_per_step"] > 0
+    assert set(result["speedup_vs_reference"]["sdpa,batch"]) == {"16", "24"}
 
 
 @pytest.mark.parametrize("stage", ["stage2", "stage3"])
@@ -73,7 +56,8 @@ def test_mesh_stage_benches(capsys, tiny_sd_model, stage):
     for variant in (ref, opt):
         r = variant["resolutions"]["32"]
         assert "error" not in r and r["ms_per_step"] > 0 and len(r["ms_per_step_all"]) == 2
-        assert parts <= set(r["breakdown_ms"])
+        # Batched (the CPU default), ε_φ rides in the pretrained branch's call: no estimator part of its own.
+        assert parts - ({"estimator"} if variant is opt else set()) <= set(r["breakdown_ms"])
         assert variant["faces"][0] > 0
     # Geometry is SDS: only the pretrained CFG pair runs; texture is VSD.
     assert ref["flops"]["unet_sample_forwards"] == (2 if stage == "stage2" else 5)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import BadRequest
-from .speed_options import SpeedOptions
+from .speed_options import SpeedOptions, already_told
 
 STAGES = ("nerf", "geometry", "texture")
 GUIDANCES = ("vsd", "sds")
@@ -375,8 +375,8 @@ def _describe(hint: Any, plural: bool = False) -> str:
 def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any] | None = None,
                 warn: Callable[[str], None] | None = None) -> JobConfig:
     """Build and validate a job config from a preset plus nested overrides such as {"nerf": {"steps": 10}}.
-    A setting given under its old section (MOVED) is moved to its new one and `warn` (default: a FutureWarning)
-    gets one sentence saying so."""
+    A setting given under its old section (MOVED) is moved to its new one, and a retired prior.speed switch is
+    ignored; `warn` (default: a FutureWarning) gets one sentence for each."""
     if preset not in PRESETS:
         raise BadRequest(f"Unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
     values = _merge(PRESETS[preset], moved_settings(overrides or {}, warn))
@@ -388,7 +388,10 @@ def make_config(prompt: str, preset: str = "standard", overrides: dict[str, Any]
             if not isinstance(values[key], dict):
                 raise BadRequest(f"Setting '{key}' must be a mapping of its fields.")
             kwargs[key] = _build_section(cls, values[key], key)
-    return JobConfig(**kwargs).validate()
+    cfg = JobConfig(**kwargs).validate()
+    if cfg.prior.speed != "auto":
+        SpeedOptions.parse(cfg.prior.speed, warn)  # a retired switch is said like a moved setting
+    return cfg
 
 
 def moved_settings(overrides: dict[str, Any], warn: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -470,7 +473,10 @@ def _validate(cfg: JobConfig) -> None:
     _require(p.dtype in ("auto", "fp32", "fp16", "bf16"), f"Unknown dtype '{p.dtype}': use auto, fp32, fp16 or bf16.")
     _require(isinstance(p.speed, str), "prior.speed must be text such as auto, none or sdpa,batch.")
     if p.speed != "auto":
-        SpeedOptions.parse(p.speed)  # BadRequest naming the unknown switch
+        # BadRequest naming an unknown switch; make_config tells a retired one to its `warn`, once.
+        speed = SpeedOptions.parse(p.speed, already_told)
+        _require(not speed.bf16 or p.dtype in ("auto", "bf16"),
+                 f"prior.speed asks for bf16 but prior.dtype is {p.dtype}: drop one of them.")
     n = cfg.nerf
     for name, section in (("nerf", n), ("geometry", cfg.geometry), ("texture", cfg.texture)):
         _require(_is_int(section.steps) and section.steps >= 0,

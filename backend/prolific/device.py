@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .errors import BadRequest, NoGpu
+from .speed_options import SpeedOptions, already_told
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -38,6 +39,15 @@ def pick_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
             raise BadRequest(f"Unknown dtype '{name}': use auto, fp32, fp16 or bf16.")
         return _DTYPES[name]
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def job_dtype(device: torch.device, dtype: str, speed: str) -> torch.dtype:
+    """The dtype a job's prior is loaded in: prior.dtype, where `auto` becomes bf16 on a GPU when prior.speed
+    asks for bf16 (config validation refuses bf16 with another explicit dtype)."""
+    wants_bf16 = speed != "auto" and SpeedOptions.parse(speed, already_told).bf16
+    if dtype == "auto" and wants_bf16 and device.type == "cuda":
+        return torch.bfloat16
+    return pick_dtype(device, dtype)
 
 
 def device_description(device: torch.device | None = None) -> str:

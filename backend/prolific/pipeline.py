@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .config import JobConfig, check_job_name
-from .device import device_description, pick_device, pick_dtype
+from .device import device_description, job_dtype, pick_device
 from .errors import BadRequest, JobExists, OutOfMemory
 from .events import Phase, Reporter, Sink
 from .stages.context import StageContext
@@ -48,7 +48,7 @@ def run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink: Sink | None = No
 def load_job_prior(cfg: JobConfig, device: torch.device):
     from .prior.diffusion import load_prior
 
-    return load_prior(cfg.prior.model, device, pick_dtype(device, cfg.prior.dtype))
+    return load_prior(cfg.prior.model, device, job_dtype(device, cfg.prior.dtype, cfg.prior.speed))
 
 
 def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threading.Event, resume: bool,

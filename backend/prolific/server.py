@@ -21,7 +21,7 @@ from typing import Any, Callable, TextIO
 
 from . import __version__
 from .config import PRESETS, SECTIONS, STAGES, JobConfig, check_job_name, make_config
-from .device import device_description, pick_device, pick_dtype
+from .device import device_description, job_dtype, pick_device
 from .errors import BadRequest, Cancelled, ProlificError
 from .events import JobWarning
 from .interrupt import EXIT_INTERRUPTED, on_ctrl_c
@@ -241,7 +241,7 @@ class Server:
         from .pipeline import load_job_prior
 
         device = pick_device(cfg.device)
-        key = (cfg.prior.model, str(device), pick_dtype(device, cfg.prior.dtype))
+        key = (cfg.prior.model, str(device), job_dtype(device, cfg.prior.dtype, cfg.prior.speed))
         if key != self.prior_key:
             self.prior = self.prior_key = None
             gc.collect()  # free the old model before loading the next one

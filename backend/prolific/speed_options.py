@@ -1,15 +1,19 @@
 """The speed switches a job or the bench asks for (`prior.speed`, `prolific bench --opt`), parsed without torch so
-that config.py can check them; prior/speed.py applies them."""
+that config.py can check them; prior/speed.py says where each takes effect."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
+from typing import Callable
 
 from .errors import BadRequest
 
-COMPILE_MODES = {
-    "compile": "default",
-    "compile-max": "max-autotune-no-cudagraphs",
-    "cudagraphs": "reduce-overhead",
+# Names that once were speed options, each with why it no longer is one: still accepted, with a warning.
+RETIRED = {
+    "occupancy": "empty-space skipping belongs to the renderer and is always on (nerf.renderer picks it)",
+    "tcnn": "the hash grid is chosen by hash_grid.impl (auto, torch, triton or tcnn)",
+    **{name: "torch.compile was dropped: it did not finish compiling a stage-1 step on an H200 within 280 s"
+       for name in ("compile", "compile-max", "cudagraphs")},
 }
 
 
@@ -19,31 +23,31 @@ class SpeedOptions:
     tf32: bool = False  # TF32 tensor cores for fp32 matmuls/convs (the NeRF MLPs, fp32 parts of the loss)
     sdpa: bool = True  # scaled_dot_product_attention (flash) processors on every attention layer
     channels_last: bool = False  # NHWC memory format for the UNet and VAE convolutions
-    compile: str | None = None  # torch.compile mode of the UNet and VAE encoder (COMPILE_MODES values)
-    batch: bool = False  # CFG pair + LoRA branch in one masked UNet call
-    fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and NeRF optimizers on CUDA
-    # Renderer side, applied where the NeRF is built (the bench, stage 1), not by `accelerate`:
-    occupancy: bool = False  # occupancy-grid empty-space skipping while ray marching
-    tcnn: bool = False  # tiny-cuda-nn's fused hash grid when importable (else the PyTorch one)
+    batch: bool = False  # CFG pair + LoRA branch in one UNet call, the LoRA gated per sample
+    fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
+    graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)
 
     @classmethod
-    def parse(cls, text: str) -> "SpeedOptions":
-        """"bf16,tf32,compile,batch" → options; "none" = plain eager; "best" = everything that should help
-        on a GPU. Compile names: compile (default mode), compile-max (max-autotune without CUDA graphs),
-        cudagraphs (reduce-overhead: compile plus CUDA graphs)."""
+    def parse(cls, text: str, warn: Callable[[str], None] | None = None) -> "SpeedOptions":
+        """"bf16,tf32,batch" → options; "none" = plain eager; "best" = everything that should help on a GPU.
+        A retired name (RETIRED) is ignored and `warn` (default: a FutureWarning) gets one sentence saying so."""
         opts = cls(sdpa=False)
-        flags = {f.name.replace("_", "-"): f.name for f in fields(cls) if f.name != "compile"}
+        flags = {f.name.replace("_", "-"): f.name for f in fields(cls)}
         for item in (s.strip().replace("_", "-") for s in text.split(",")):
             if not item or item == "none":
                 continue
             if item == "best":
                 opts = best_options()
-            elif item in COMPILE_MODES:
-                opts.compile = COMPILE_MODES[item]
             elif item in flags:
                 setattr(opts, flags[item], True)
+            elif item in RETIRED:
+                message = f"The speed option '{item}' no longer exists and is ignored: {RETIRED[item]}."
+                if warn is None:
+                    warnings.warn(message, FutureWarning, stacklevel=2)
+                else:
+                    warn(message)
             else:
-                known = sorted(flags) + sorted(COMPILE_MODES) + ["best", "none"]
+                known = sorted(flags) + ["best", "none"]
                 raise BadRequest(f"Unknown speed option '{item}'. Known: {', '.join(known)}.")
         return opts
 
@@ -51,12 +55,13 @@ class SpeedOptions:
         return asdict(self)
 
     def label(self) -> str:
-        names = [f.name.replace("_", "-") for f in fields(self) if f.name != "compile" and getattr(self, f.name)]
-        if self.compile:
-            names.append(next(k for k, v in COMPILE_MODES.items() if v == self.compile))
-        return ",".join(names) or "none"
+        return ",".join(f.name.replace("_", "-") for f in fields(self) if getattr(self, f.name)) or "none"
+
+
+def already_told(message: str) -> None:
+    """The `warn` of parses after a job's config was made: make_config told its retired names then."""
 
 
 def best_options() -> SpeedOptions:
-    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, compile="reduce-overhead",
-                        batch=True, fused_adam=True, occupancy=True, tcnn=True)
+    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True,
+                        graphs=True)

@@ -35,10 +35,9 @@ def add_common_args(parser: argparse.ArgumentParser, resolutions: str) -> None:
     parser.add_argument("--particles", type=int, default=1)
     parser.add_argument("--guidance", choices=("vsd", "sds"), default=None, help="default: the preset's")
     parser.add_argument("--opt", action="append", default=None,
-                        help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, compile, "
-                             "compile-max, cudagraphs, batch, fused-adam, occupancy, tcnn; best; none). "
-                             "Repeat --opt to measure several variants in one process. Default: best on "
-                             "CUDA, sdpa,batch,occupancy on CPU")
+                        help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, batch, "
+                             "fused-adam, graphs; best; none). Repeat --opt to measure several variants in one "
+                             "process. Default: best on CUDA, sdpa,batch on CPU")
     parser.add_argument("--reference", action="store_true",
                         help="run the reference implementations' way only (fp16 eager, separate LoRA UNet copy, "
                              "PyTorch hash grid, no occupancy skipping)")
@@ -78,11 +77,9 @@ def variants(args, device: torch.device) -> list[tuple[str, SpeedOptions, bool]]
     """(name, options, reference?) in the order they run."""
     from ..prior.speed import reference_options
 
-    default = "best" if device.type == "cuda" else "sdpa,batch,occupancy"
-    chosen = [(text, SpeedOptions.parse(text), False) for text in (args.opt or [default])]
-    ref_options = reference_options()
-    ref_options.occupancy = args.reference_occupancy
-    ref = [("reference", ref_options, True)]
+    default = "best" if device.type == "cuda" else "sdpa,batch"
+    chosen = [(text, SpeedOptions.parse(text, log), False) for text in (args.opt or [default])]
+    ref = [("reference", reference_options(), True)]
     if args.reference and not args.compare:
         return ref
     return ref + chosen if args.compare else chosen
@@ -193,6 +190,20 @@ def error_text(err: BaseException) -> str:
 
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def capture_seconds(distill) -> float:
+    """The time an estimator has spent capturing CUDA graphs so far (0 without `graphs`)."""
+    return distill.captures.capture_s if distill.captures is not None else 0.0
+
+
+def graphs_block(distill, captured_before: float) -> dict:
+    """How a variant's diffusion work ran at one resolution: captured (with the capture time) or eagerly (why)."""
+    if distill.captures is None:
+        return {}
+    if not distill.captures.enabled:
+        return {"graphs": f"eager: {distill.captures.eager_reason}"}
+    return {"graphs": "replayed", "capture_s": round(capture_seconds(distill) - captured_before, 3)}
 
 
 def record_failure(result: dict, err: BaseException, device: torch.device) -> dict:

@@ -30,12 +30,10 @@ GPU_RESOLUTIONS = "512"
 class BenchReporter:
     """The two Reporter methods a stage loop calls, each loop iteration becoming one timed step."""
 
-    def __init__(self, timer: PartTimer, options: SpeedOptions):
-        self.timer, self.options = timer, options
+    def __init__(self, timer: PartTimer):
+        self.timer = timer
 
     def check_cancel(self) -> None:
-        if self.options.compile == "reduce-overhead":
-            speed.mark_step()
         self.timer.begin()
 
     def step(self, stage: str, step: int, total: int, preview=None) -> None:
@@ -65,11 +63,6 @@ def initial_surface(cfg, device: torch.device, seed: int):
 def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, args, cfg, model: str,
                 device: torch.device, resolutions: list[int]) -> dict:
     from ..prior.diffusion import load_prior
-    from ..prior.vsd import ScoreDistillation
-    from ..render.raster import make_rasterizer
-    from ..stages import geometry, texture
-    from ..stages.context import StageContext
-    from ..stages.runner import run_steps, stage_prior
 
     out: dict = {"name": name, "reference": reference, "options": options.to_dict(), "resolutions": {},
                  "errors": {}}
@@ -78,6 +71,25 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
     start = time.perf_counter()
     prior = load_prior(model, device, speed.prior_dtype(options, device))
     out["load_s"] = round(time.perf_counter() - start, 2)
+    try:
+        with speed.applied(prior, options) as applied:
+            out["applied"] = dict(applied)
+            measure(stage, name, options, reference, args, cfg, prior, device, resolutions, out)
+    finally:
+        del prior
+        common.free_memory(device)
+    return out
+
+
+def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args, cfg, prior, device: torch.device,
+            resolutions: list[int], out: dict) -> None:
+    """The variant's estimator and particles on the loaded `prior`, timed at each resolution into `out`."""
+    from ..prior.vsd import ScoreDistillation
+    from ..render.raster import make_rasterizer
+    from ..stages import geometry, texture
+    from ..stages.context import StageContext
+    from ..stages.runner import run_steps, stage_prior
+
     if stage == "stage2":
         prior_cfg = stage_prior(cfg.prior, cfg.geometry.anneal_fraction, cfg.geometry.guidance_scale)
         guidance_name = "sds"
@@ -85,9 +97,11 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
         prior_cfg = stage_prior(cfg.prior, cfg.texture.anneal_fraction)
         guidance_name = cfg.texture.guidance
     vsd = guidance_name == "vsd"
-    estimator_prior = speed.separate_estimator_prior(prior) if reference and vsd else prior
     torch.manual_seed(args.seed)
-    guidance = ScoreDistillation(estimator_prior, prior_cfg, guidance_name)
+    guidance = ScoreDistillation(prior, prior_cfg, guidance_name, separate_estimator=reference and vsd,
+                                 **speed.estimator_kwargs(options))
+    if guidance.batched:
+        out["applied"]["batch"] = "cfg+lora in one call"
     dmtets = [initial_surface(cfg, device, args.seed + k) for k in range(args.particles)]
     if stage == "stage2":
         optimizers = [geometry.make_optimizer(d, cfg.geometry) for d in dmtets]
@@ -99,10 +113,9 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
         fields = [AlbedoField(cfg.hash_grid, cfg.nerf.bound, device) for _ in meshes]
         backgrounds = texture.stage_backgrounds(cfg.texture, [None] * len(fields))
         optimizers = [texture.make_optimizer(f, b, cfg.texture) for f, b in zip(fields, backgrounds)]
-    try:
-        out["applied"] = speed.accelerate(prior, guidance, options, optimizers)
-    except Exception as err:  # noqa: BLE001 - an optional switch failing must not end the bench
-        out["errors"]["accelerate"] = common.error_text(err)
+    fused = speed.fuse_optimizers(optimizers, options)
+    if fused:
+        out["applied"]["fused_adam"] = fused
     scale = prior_cfg.guidance_scale if vsd else prior_cfg.sds_guidance_scale
     out["flops"] = vsd_step_flops(prior, args.particles, guidance_name, scale)
     out["faces"] = [int(d.mesh().faces.shape[0]) for d in dmtets]
@@ -113,8 +126,9 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
     if stage == "stage3":
         normals = [m.vertex_normals() for m in meshes]
     patches = [timer.wrap(module, "render_mesh", "render"),
-               timer.wrap(guidance.prior, "encode_images", "encode"),
-               timer.wrap(guidance.prior, "predict_noise", "prior"),
+               timer.wrap(guidance, "encode", "encode"),
+               timer.wrap(guidance, "pretrained", "prior"),
+               timer.wrap(guidance, "both_branches", "prior"),
                timer.wrap(guidance, "loss", "loss", after="backward")]
     if stage == "stage2":
         patches += [timer.wrap(geometry, "regularisers", "regularisers")]
@@ -131,7 +145,7 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
                 sub = dataclasses.replace(getattr(cfg, section), resolution=res, steps=steps,
                                           checkpoint_every=NEVER, preview_every=NEVER)
                 ctx = StageContext(cfg=dataclasses.replace(cfg, **{section: sub}), device=device, prior=prior,
-                                   prompt_emb=prompt, job_dir=Path(job_dir), reporter=BenchReporter(timer, options),
+                                   prompt_emb=prompt, job_dir=Path(job_dir), reporter=BenchReporter(timer),
                                    cancel=threading.Event(), generator=torch.Generator(device).manual_seed(args.seed))
 
                 def loop():
@@ -145,42 +159,30 @@ def run_variant(stage: str, name: str, options: SpeedOptions, reference: bool, a
                                                       guidance, i)
                     run_steps(ctx, section, sub, 0, step_fn, lambda done: None)
 
-                out["resolutions"][str(res)] = run_resolution(stage, name, res, loop, timer, prior, options, args,
-                                                              device, out)
+                out["resolutions"][str(res)] = run_resolution(stage, name, res, loop, timer, guidance, args, device,
+                                                              out)
     finally:
-        speed.unbatch_branches(guidance)
         guidance.close()
-        if options.compile:
-            speed.uncompile_prior(prior)
-        del prior, estimator_prior, guidance
-        common.free_memory(device)
-    return out
 
 
-def run_resolution(stage, name, res, loop, timer, prior, options, args, device, out) -> dict:
+
+
+def run_resolution(stage, name, res, loop, timer, guidance, args, device, out) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log(f"bench {stage} [{name}] {res}px: {args.warmup} warm-up + {args.steps} timed step(s)")
     result: dict = {}
+    captured_before = common.capture_seconds(guidance)
     start = time.perf_counter()
     try:
         loop()
     except Exception as err:  # noqa: BLE001
         timer.marks = []
-        if not options.compile or "compile" in out["errors"]:
-            return common.record_failure(result, err, device)
-        out["errors"]["compile"] = common.error_text(err)
-        log(f"bench {stage} [{name}]: compiled step failed ({common.error_text(err)}); continuing eagerly")
-        speed.uncompile_prior(prior)
-        options.compile = None
-        try:
-            loop()
-        except Exception as err2:  # noqa: BLE001
-            timer.marks = []
-            return common.record_failure(result, err2, device)
+        return common.record_failure(result, err, device)
     result["wall_s"] = round(time.perf_counter() - start, 2)
     timer.steps = timer.steps[:-1]  # the last iteration also saved a preview
     result.update(timer.summary(skip=args.warmup))
+    result.update(common.graphs_block(guidance, captured_before))
     ms = result.get("ms_per_step")
     if ms:
         result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)

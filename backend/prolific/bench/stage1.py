@@ -7,6 +7,7 @@ the process; the reference keeps a second UNet for the LoRA branch as the refere
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import time
@@ -31,20 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_particles(cfg, grid, device: torch.device, options: SpeedOptions, n: int, reference: bool = False) -> list:
-    """Stage 1's own particles with the config's renderer (`prolific bench render` compares renderers). The
-    reference uses the PyTorch hash grid; `tcnn` asks for tiny-cuda-nn where it imports; otherwise the config's
-    hash grid (auto: Triton on CUDA). Without `occupancy` no grid skips empty space."""
-    from ..field.hashgrid import tcnn_available
+def make_particles(cfg, grid, device: torch.device, n: int, reference: bool = False,
+                   reference_occupancy: bool = False) -> list:
+    """Stage 1's own particles with the config's renderer and hash grid (`prolific bench render` compares
+    renderers). The reference uses the PyTorch hash grid and, unless `reference_occupancy`, skips no empty
+    space, as the reference implementations' dense renderers."""
     from ..stages import nerf as nerf_stage
 
     if reference:
         grid = dataclasses.replace(grid, impl="torch")
-    elif options.tcnn and device.type == "cuda" and tcnn_available():
-        grid = dataclasses.replace(grid, impl="tcnn")
     particles = [nerf_stage.make_particle(cfg, grid, device) for _ in range(n)]
-    for p in particles:
-        if not options.occupancy:
+    if reference and not reference_occupancy:
+        for p in particles:
             p.occupancy = None
     return particles
 
@@ -59,7 +58,8 @@ def hash_impl(particles) -> str:
 
 @dataclasses.dataclass
 class Variant:
-    """A loaded prior, its estimator and the particles, with one set of speed options applied."""
+    """A loaded prior, its estimator and the particles, with one set of speed options applied (held by
+    `settings` until `close`)."""
 
     prior: object
     distill: object
@@ -67,38 +67,41 @@ class Variant:
     optimizers: list  # one per particle
     options: SpeedOptions
     applied: dict
-    errors: dict
+    settings: contextlib.ExitStack
 
     def close(self) -> None:
-        speed.unbatch_branches(self.distill)
         self.distill.close()
-        if self.options.compile:
-            speed.uncompile_prior(self.prior)
+        self.settings.close()
 
 
 def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, device: torch.device, seed: int,
-                  n_particles: int) -> Variant:
-    """Load the model in the variant's dtype, attach the estimator (on a separate UNet copy for the reference),
-    build the particles and apply the speed options. Seeds make two variants start from the same weights."""
+                  n_particles: int, reference_occupancy: bool = False) -> Variant:
+    """Load the model in the variant's dtype, apply the options' settings, build the estimator as they say (on
+    a separate UNet copy for the reference) and the particles. Seeds make two variants start from the same
+    weights."""
     from ..prior.diffusion import load_prior
     from ..prior.vsd import ScoreDistillation
     from ..stages import nerf as nerf_stage
 
     prior = load_prior(model, device, speed.prior_dtype(options, device))
-    estimator_prior = speed.separate_estimator_prior(prior) if reference else prior
+    settings = contextlib.ExitStack()
+    applied = dict(settings.enter_context(speed.applied(prior, options)))
     torch.manual_seed(seed)
-    distill = ScoreDistillation(estimator_prior, cfg.prior, cfg.prior.guidance)
-    torch.manual_seed(seed + 1)
-    particles = make_particles(cfg.nerf, cfg.hash_grid, device, options, n_particles, reference)
-    optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background) for p in particles]
-    errors: dict = {}
-    applied: dict = {}
     try:
-        applied = speed.accelerate(prior, distill, options, optimizers)
-    except Exception as err:  # noqa: BLE001 - an optional switch failing must not end the bench
-        errors["accelerate"] = common.error_text(err)
-        log(f"bench stage1: applying {options.label()} failed: {common.error_text(err)}")
-    return Variant(prior, distill, particles, optimizers, options, applied, errors)
+        distill = ScoreDistillation(prior, cfg.prior, cfg.prior.guidance, separate_estimator=reference,
+                                    **speed.estimator_kwargs(options))
+    except BaseException:
+        settings.close()  # the process-wide flags go back even when the variant cannot be built
+        raise
+    if distill.batched:
+        applied["batch"] = "cfg+lora in one call"
+    torch.manual_seed(seed + 1)
+    particles = make_particles(cfg.nerf, cfg.hash_grid, device, n_particles, reference, reference_occupancy)
+    optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background) for p in particles]
+    fused = speed.fuse_optimizers(optimizers, options)
+    if fused:
+        applied["fused_adam"] = fused
+    return Variant(prior, distill, particles, optimizers, options, applied, settings)
 
 
 def bench_context(cfg, res: int, device: torch.device, generator: torch.Generator, prompt) -> SimpleNamespace:
@@ -114,11 +117,12 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
     log(f"bench stage1 [{name}]: loading the model")
     common.free_memory(device)
     start = time.perf_counter()
-    variant = build_variant(options, reference, cfg, model, device, args.seed, args.particles)
+    variant = build_variant(options, reference, cfg, model, device, args.seed, args.particles,
+                            args.reference_occupancy)
     prior, distill, particles = variant.prior, variant.distill, variant.particles
     try:
         out["load_s"] = round(time.perf_counter() - start, 2)
-        out["applied"], out["errors"] = variant.applied, variant.errors
+        out["applied"], out["errors"] = variant.applied, {}
         out["hash_grid"] = hash_impl(particles)
         out["renderer"] = particles[0].renderer.name
         key = (str(dict(prior.unet.config)), args.particles, cfg.prior.guidance)
@@ -131,8 +135,9 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
 
         timer = PartTimer(device)
         patches = [timer.wrap(p, "renderer", "render") for p in particles]
-        patches += [timer.wrap(distill.prior, "encode_images", "encode"),
-                   timer.wrap(distill.prior, "predict_noise", "prior"),
+        patches += [timer.wrap(distill, "encode", "encode"),
+                   timer.wrap(distill, "pretrained", "prior"),
+                   timer.wrap(distill, "both_branches", "prior"),
                    timer.wrap(distill, "eps_phi", "estimator"),
                    timer.wrap(distill, "loss", "loss", after="backward"),
                    timer.wrap(distill, "update_estimator", "lora_update")]
@@ -140,8 +145,8 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
         with patched(patches):
             for res in resolutions:
                 out["resolutions"][str(res)] = run_resolution(
-                    name, res, cfg, prior, distill, particles, variant.optimizers, prompt, generator, options, timer,
-                    args, device, out)
+                    name, res, cfg, distill, particles, variant.optimizers, prompt, generator, timer, args, device,
+                    out)
     finally:
         variant.close()
         del variant, prior, distill, particles
@@ -149,8 +154,8 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
     return out
 
 
-def run_resolution(name, res, cfg, prior, distill, particles, optimizers, prompt, generator, options, timer, args,
-                   device, out) -> dict:
+def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, generator, timer, args, device,
+                   out) -> dict:
     from ..stages import nerf as nerf_stage
 
     ctx = bench_context(cfg, res, device, generator, prompt)
@@ -161,10 +166,8 @@ def run_resolution(name, res, cfg, prior, distill, particles, optimizers, prompt
     def one_step():
         i = step_index[0]
         step_index[0] += 1
-        if options.compile == "reduce-overhead":
-            speed.mark_step()
         with timer.step():
-            if options.occupancy and i % ncfg.occupancy_every == 0:
+            if i % ncfg.occupancy_every == 0 and particles[0].occupancy is not None:
                 timer.push("occupancy")
                 nerf_stage.update_occupancy(particles, generator)
                 timer.pop()
@@ -175,25 +178,14 @@ def run_resolution(name, res, cfg, prior, distill, particles, optimizers, prompt
         torch.cuda.reset_peak_memory_stats(device)
     timer.steps = []
     result: dict = {}
+    captured_before = common.capture_seconds(distill)
     log(f"bench stage1 [{name}] {res}px: {args.warmup} warm-up step(s)")
     start = time.perf_counter()
     try:
         for _ in range(args.warmup):
             one_step()
     except Exception as err:  # noqa: BLE001
-        if not options.compile or "compile" in out["errors"]:
-            return common.record_failure(result, err, device)
-        # A failing compile is reported and the variant goes on eagerly.
-        out["errors"]["compile"] = common.error_text(err)
-        log(f"bench stage1 [{name}]: compiled step failed ({common.error_text(err)}); continuing eagerly")
-        speed.uncompile_prior(prior)
-        options.compile = None
-        timer.steps = []
-        try:
-            for _ in range(args.warmup):
-                one_step()
-        except Exception as err2:  # noqa: BLE001
-            return common.record_failure(result, err2, device)
+        return common.record_failure(result, err, device)
     result["warmup_s"] = round(time.perf_counter() - start, 2)
     log(f"bench stage1 [{name}] {res}px: {args.steps} timed step(s)")
     try:
@@ -202,6 +194,7 @@ def run_resolution(name, res, cfg, prior, distill, particles, optimizers, prompt
     except Exception as err:  # noqa: BLE001
         return common.record_failure(result, err, device)
     result.update(timer.summary(skip=args.warmup))
+    result.update(common.graphs_block(distill, captured_before))
     ms = result.get("ms_per_step")
     if ms:
         result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)

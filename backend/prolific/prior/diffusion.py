@@ -32,6 +32,11 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUE = ("1", "ON", "YES", "TRUE")
 
 
+def guided_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ε_u + s (ε_c − ε_u)."""
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
 @dataclass
 class PromptEmbeddings:
     """Text embeddings of one prompt: one conditional embedding per view direction, the bare prompt's and the
@@ -139,10 +144,11 @@ class DiffusionPrior:
 
     # -- noise prediction ------------------------------------------------------------------------------------
 
-    def unet_eps(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """One UNet call, its output converted to ε (fp32) whatever the model predicts. Not wrapped in no_grad:
-        the VSD estimator trains through it."""
-        out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype)).sample.float()
+    def unet_eps(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor,
+                 unet: torch.nn.Module | None = None) -> torch.Tensor:
+        """One call of `unet` (default: the prior's), its output converted to ε (fp32) whatever the model
+        predicts. Not wrapped in no_grad: the VSD estimator trains through it."""
+        out = (unet or self.unet)(x_t.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype)).sample.float()
         if self.prediction_type == "epsilon":
             return out
         ab = self.alphas_cumprod[t].view(-1, *([1] * (x_t.dim() - 1)))
@@ -160,7 +166,7 @@ class DiffusionPrior:
         if uncond is None or guidance_scale == 1.0:
             return self.unet_eps(x_t, t, cond)
         eps_c, eps_u = self.unet_eps(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond])).chunk(2)
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        return guided_eps(eps_c, eps_u, guidance_scale)
 
 
 # -- loading ---------------------------------------------------------------------------------------------------

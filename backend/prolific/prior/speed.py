@@ -1,37 +1,36 @@
-"""Speed switches for the distillation step, applied from outside to a loaded prior and its estimator.
+"""What a job's (or a bench variant's) speed options mean for the prior, each applied in one explicit place.
 
-Each switch is separate so the bench can measure it alone (`--opt`): bf16 weights, TF32 matmuls, SDPA attention,
-channels-last convolutions, torch.compile of the UNet and VAE encoder (optionally with CUDA graphs), fused Adam,
-and batching: the pretrained CFG pair and the LoRA branch ε_φ run in ONE no-grad UNet call. The LoRA delta of
-every peft layer is then gated per sample by a boolean mask (`SampleMask`), and so is the camera embedding that
-the estimator adds to the time embedding, so each sample sees exactly the network it would see in its own call.
+- bf16: the dtype the prior is loaded in (`prior_dtype`; a job gets it through device.job_dtype).
+- batch, fused-adam, graphs: arguments of the estimator (`estimator_kwargs` → prior/vsd.ScoreDistillation),
+  which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as one fused kernel / its
+  diffusion work as replayed CUDA graphs (prior/graphs.py).
+- tf32, sdpa, channels-last: settings of the process and of the shared UNet/VAE, set by `applied` for the span
+  of a job's steps and put back as they were on exit, so the long-lived server carries none into the next job.
+- fused-adam for the stages' own Adam optimizers: `fused_optimizer`, which the runner applies to them.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
-import types
 
 import torch
 
-from ..speed_options import SpeedOptions
+from ..speed_options import SpeedOptions, already_told
+
 
 def job_options(text: str, device: torch.device | str) -> SpeedOptions:
-    """The options a generation runs with (`prior.speed`). "auto" keeps what the H100 bench showed to help or
-    to save memory without changing results (tests/test_speed.py); torch.compile stays opt-in until it has been
-    measured on a GPU. Anything else is parsed like the bench's --opt. A job's weights are in prior.dtype (fp16
-    on a GPU), so auto leaves bf16 off."""
+    """The options a generation runs with (`prior.speed`). "auto" keeps what the bench showed to help or to save
+    memory without changing results (tests/test_speed.py); anything else is parsed like the bench's --opt."""
     if text != "auto":
-        return SpeedOptions.parse(text)
+        return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
-        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True,
-                            occupancy=True, tcnn=True)
-    return SpeedOptions(sdpa=True, batch=True, occupancy=True)
+        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True)
+    return SpeedOptions(sdpa=True, batch=True)
 
 
 def reference_options() -> SpeedOptions:
-    """How the reference implementations run: fp16 eager, diffusers' default attention (SDPA on torch 2), the
-    PyTorch hash grid, every sample along every ray evaluated."""
+    """How the reference implementations run: fp16 eager, diffusers' default attention (SDPA on torch 2), one
+    UNet call per branch (on a separate LoRA copy of the UNet: `ScoreDistillation(separate_estimator=True)`)."""
     return SpeedOptions(sdpa=True)
 
 
@@ -41,131 +40,62 @@ def prior_dtype(options: SpeedOptions, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if options.bf16 else torch.float16
 
 
-# -- global backend flags ------------------------------------------------------------------------------------
-
-def set_matmul_precision(tf32: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+def estimator_kwargs(options: SpeedOptions) -> dict:
+    """The ScoreDistillation arguments that `options` choose."""
+    return {"batched": options.batch, "fused_adam": options.fused_adam, "graphs": options.graphs}
 
 
-# -- attention and memory format -----------------------------------------------------------------------------
+# -- process-wide flags and the shared modules' layout, for the span of a job ----------------------------------
 
-def set_attention(unet: torch.nn.Module, sdpa: bool) -> str:
-    """Put SDPA (flash / memory-efficient kernels) or the classic matmul-softmax processor on every attention
-    layer; returns the processor class in use."""
+@contextlib.contextmanager
+def backend_flags(options: SpeedOptions):
+    """TF32 tensor cores for fp32 matmuls and convolutions (CUDA only) while inside; the previous values after."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = options.tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def attention_processor(sdpa: bool):
+    """SDPA (flash / memory-efficient kernels) or the classic matmul-softmax attention, as diffusers names them."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    unet.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
-    kinds = {type(p).__name__ for p in unet.attn_processors.values()}
-    return ",".join(sorted(kinds))
+    return AttnProcessor2_0() if sdpa else AttnProcessor()
 
 
-def set_channels_last(prior) -> None:
-    prior.unet.to(memory_format=torch.channels_last)
-    if prior.vae is not None:
-        prior.vae.to(memory_format=torch.channels_last)
+@contextlib.contextmanager
+def module_layout(prior, options: SpeedOptions):
+    """The UNet's attention processors (diffusers' `set_attn_processor`) and, with channels-last, the UNet's and
+    VAE's memory format, while inside; both back as they were after. Yields what was applied."""
+    unet, vae = prior.unet, prior.vae
+    processors = dict(unet.attn_processors)
+    unet.set_attn_processor(attention_processor(options.sdpa))
+    report = {"attention": ",".join(sorted({type(p).__name__ for p in unet.attn_processors.values()}))}
+    modules = [m for m in (unet, vae) if m is not None]
+    if options.channels_last:
+        for m in modules:
+            m.to(memory_format=torch.channels_last)
+        report["channels_last"] = "on"
+    try:
+        yield report
+    finally:
+        if options.channels_last:
+            for m in modules:
+                m.to(memory_format=torch.contiguous_format)
+        unet.set_attn_processor(processors)
 
 
-# -- per-sample LoRA gating ----------------------------------------------------------------------------------
-
-class SampleMask:
-    """A per-sample boolean gate shared by every LoRA layer of one UNet (see `install_sample_mask`).
-
-    Outside `active(...)` the patched layers behave exactly as peft's own forward."""
-
-    def __init__(self):
-        self.value: torch.Tensor | None = None
-
-    @contextlib.contextmanager
-    def active(self, mask: torch.Tensor):
-        previous, self.value = self.value, mask.bool()
-        try:
-            yield self
-        finally:
-            self.value = previous
-
-
-def _lora_layers(module: torch.nn.Module):
-    from peft.tuners.lora import LoraLayer
-
-    return [m for m in module.modules() if isinstance(m, LoraLayer) and len(m.lora_A) > 0]
-
-
-def _masked_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """peft's vanilla-LoRA forward, with the summed LoRA deltas kept only on samples where the mask is True.
-
-    Rows with the mask set compute `base + B(A(x)) * scaling` with the very operations peft uses; the others
-    get `base` untouched, so a masked batch reproduces separate adapter-on and adapter-off calls."""
-    mask = self._prolific_mask.value
-    if mask is None or self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
-        return self._prolific_peft_forward(x, *args, **kwargs)
-    if x.shape[0] != mask.shape[0]:
-        raise ValueError(f"LoRA sample mask of {mask.shape[0]} entries applied to a batch of {x.shape[0]}.")
-    base = self.base_layer(x, *args, **kwargs)
-    result = base
-    for name in self.active_adapters:
-        if name not in self.lora_A.keys():
-            continue
-        if name in self.lora_variant:
-            raise NotImplementedError(f"Per-sample masking of the LoRA variant of adapter '{name}'.")
-        lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-        if self._prolific_casts_input:  # peft's Linear casts activations to the LoRA weights' dtype
-            x = self._cast_input_dtype(x, lora_A.weight.dtype)
-        result = result + lora_B(lora_A(self.lora_dropout[name](x))) * self.scaling[name]
-    keep = mask.view(-1, *([1] * (result.dim() - 1)))
-    return torch.where(keep, result, base).to(base.dtype)
-
-
-def install_sample_mask(unet: torch.nn.Module) -> SampleMask:
-    """Patch every peft LoRA layer of `unet` (instance-level, idempotent) to honour one shared `SampleMask`."""
-    from peft.tuners.lora import Linear
-
-    existing = getattr(unet, "_prolific_sample_mask", None)
-    mask = existing or SampleMask()
-    layers = _lora_layers(unet)
-    if not layers:
-        raise ValueError("The UNet has no LoRA layers to mask; add the estimator's adapter first.")
-    for layer in layers:
-        if getattr(layer, "_prolific_mask", None) is mask:
-            continue
-        layer._prolific_mask = mask
-        layer._prolific_casts_input = isinstance(layer, Linear)
-        layer._prolific_peft_forward = layer.forward
-        layer.forward = types.MethodType(_masked_lora_forward, layer)
-    unet._prolific_sample_mask = mask
-    return mask
-
-
-# -- torch.compile -------------------------------------------------------------------------------------------
-
-def compile_prior(prior, mode: str) -> list[str]:
-    """torch.compile the UNet and the VAE encoder in place (static shapes: every call site keeps its batch).
-    Compilation itself happens at the first call; `uncompile_prior` undoes this if that fails."""
-    done = []
-    prior.unet.compile(mode=mode, dynamic=False)
-    done.append("unet")
-    if prior.vae is not None:
-        prior.vae.encoder.compile(mode=mode, dynamic=False)
-        done.append("vae.encoder")
-    return done
-
-
-def uncompile_prior(prior) -> None:
-    """Back to eager, releasing compiled code and any CUDA-graph memory pools."""
-    for module in (prior.unet, getattr(prior.vae, "encoder", None)):
-        if module is not None:
-            module._compiled_call_impl = None
-    torch._dynamo.reset()
-    if prior.device.type == "cuda":
-        from torch._inductor import cudagraph_trees
-
-        cudagraph_trees.reset_cudagraph_trees()
-
-
-def mark_step() -> None:
-    """Tell CUDA-graph trees a new iteration begins, so outputs of the previous one may be overwritten."""
-    torch.compiler.cudagraph_mark_step_begin()
+@contextlib.contextmanager
+def applied(prior, options: SpeedOptions):
+    """`backend_flags` and `module_layout` together: what a job's steps run inside. Yields a report of what is
+    on (the bench's JSON)."""
+    with backend_flags(options), module_layout(prior, options) as report:
+        report = {"dtype": str(prior.dtype).replace("torch.", ""), **report}
+        if prior.device.type == "cuda":
+            report["tf32"] = "on" if options.tf32 else "off"
+        yield report
 
 
 # -- optimizers ----------------------------------------------------------------------------------------------
@@ -190,132 +120,16 @@ def fused_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return fused
 
 
+def fuse_optimizers(optimizers: list, options: SpeedOptions) -> str | None:
+    """Replace the Adam optimizers in `optimizers` (in place) by fused ones when `options` ask for it; says
+    what happened (None when not asked)."""
+    if not options.fused_adam:
+        return None
+    fused = [fused_optimizer(opt) for opt in optimizers]
+    done = any(new is not old for new, old in zip(fused, optimizers))
+    optimizers[:] = fused
+    return "on" if done or not optimizers else "skipped: needs CUDA"
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-# -- one UNet call for the pretrained CFG pair and the LoRA branch ---------------------------------------------
-
-class _BatchedBranches:
-    """Instance-level patches of one ScoreDistillation and its prior: while `loss` runs, the prior's
-    `predict_noise` evaluates [cond, uncond, ε_φ's text] in one masked UNet call and keeps ε_φ, which the
-    following `eps_phi` call on the same x_t, t and text returns instead of running the UNet again. Every other
-    call (the estimator's own training step, previews, tests) goes to the original methods."""
-
-    def __init__(self, distill, mask: SampleMask):
-        self.distill, self.mask = distill, mask
-        self.prior = distill.prior
-        self.c2w: torch.Tensor | None = None
-        self.phi_cond: torch.Tensor | None = None  # ε_φ's text embedding; None = the pretrained branch's
-        self.kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self.loss = distill.loss
-        self.predict_noise = self.prior.predict_noise
-        self.eps_phi = distill.eps_phi
-
-    def patched_loss(self, images, c2w, directions, prompt, *args, **kwargs):
-        self.c2w = c2w
-        self.phi_cond = self.distill.estimator_cond(prompt, directions)
-        try:
-            return self.loss(images, c2w, directions, prompt, *args, **kwargs)
-        finally:
-            self.c2w, self.phi_cond, self.kept = None, None, None
-
-    @torch.no_grad()
-    def patched_predict_noise(self, x_t, t, cond, uncond, guidance_scale):
-        if self.c2w is None:
-            return self.predict_noise(x_t, t, cond, uncond, guidance_scale)
-        n = x_t.shape[0]
-        guided = uncond is not None and guidance_scale != 1.0
-        phi_cond = cond if self.phi_cond is None else self.phi_cond
-        embs = [cond, uncond, phi_cond] if guided else [cond, phi_cond]
-        k = len(embs)
-        mask = torch.zeros(k * n, dtype=torch.bool, device=x_t.device)
-        mask[(k - 1) * n:] = True
-        distill = self.distill
-        with distill._estimator(self.c2w), self.mask.active(mask):
-            if distill._camera_emb is not None:
-                # Zero rows add exactly nothing to the pretrained samples' time embedding.
-                cam = distill._camera_emb
-                distill._camera_emb = torch.cat([torch.zeros_like(cam).repeat(k - 1, 1), cam])
-            eps = self.prior.unet_eps(torch.cat([x_t] * k), torch.cat([t] * k), torch.cat(embs)).chunk(k)
-        self.kept = (x_t, t, phi_cond, eps[-1])
-        if not guided:
-            return eps[0]
-        eps_c, eps_u = eps[0], eps[1]
-        return eps_u + guidance_scale * (eps_c - eps_u)
-
-    def patched_eps_phi(self, x_t, t, cond, c2w):
-        kept = self.kept
-        if (kept is not None and kept[0] is x_t and kept[1] is t and torch.equal(kept[2], cond)
-                and not torch.is_grad_enabled()):
-            self.kept = None
-            return kept[3]
-        return self.eps_phi(x_t, t, cond, c2w)
-
-
-def batch_branches(distill) -> bool:
-    """Run VSD's pretrained CFG pair and ε_φ in one UNet call (see `_BatchedBranches`). Returns False when
-    there is nothing to batch (SDS, or no estimator)."""
-    if distill.guidance != "vsd" or not distill.lora_params:
-        return False
-    patch = _BatchedBranches(distill, install_sample_mask(distill.prior.unet))
-    distill.loss = patch.patched_loss
-    distill.eps_phi = patch.patched_eps_phi
-    distill.prior.predict_noise = patch.patched_predict_noise
-    distill._prolific_batched = patch
-    return True
-
-
-def unbatch_branches(distill) -> None:
-    patch = getattr(distill, "_prolific_batched", None)
-    if patch is None:
-        return
-    for obj, name in ((distill, "loss"), (distill, "eps_phi"), (distill.prior, "predict_noise")):
-        obj.__dict__.pop(name, None)
-    del distill._prolific_batched
-
-
-# -- the reference implementations' layout ---------------------------------------------------------------------
-
-def separate_estimator_prior(prior):
-    """A view of `prior` whose UNet is a deep copy (the reference implementations keep a second UNet for the
-    LoRA branch) while `predict_noise` still runs the original, adapter-free UNet. Give it to
-    ScoreDistillation to reproduce that layout; the VAE, text encoder and embeddings stay shared."""
-    import copy
-    import dataclasses
-
-    twin = dataclasses.replace(prior, unet=copy.deepcopy(prior.unet))
-    twin.predict_noise = prior.predict_noise
-    return twin
-
-
-# -- everything at once ----------------------------------------------------------------------------------------
-
-def accelerate(prior, distill, options: SpeedOptions, optimizers: list | None = None) -> dict:
-    """Apply `options` to a loaded prior and its ScoreDistillation (None for SDS-only uses). Optimizers in
-    `optimizers` are replaced in place by fused ones. Returns {option: what was done or why not}; bf16 is
-    chosen at load time (`prior_dtype`), so it is only reported here."""
-    report: dict[str, str] = {"dtype": str(prior.dtype).replace("torch.", "")}
-    cuda = prior.device.type == "cuda"
-    if cuda:
-        set_matmul_precision(options.tf32)
-        report["tf32"] = "on" if options.tf32 else "off"
-    report["attention"] = set_attention(prior.unet, options.sdpa)
-    if options.channels_last:
-        set_channels_last(prior)
-        report["channels_last"] = "on"
-    if options.batch and distill is not None:
-        report["batch"] = "cfg+lora in one call" if batch_branches(distill) else "nothing to batch (sds)"
-    if options.fused_adam:
-        if not cuda:
-            report["fused_adam"] = "skipped: needs CUDA"
-        else:
-            if distill is not None and distill.optimizer is not None:
-                distill.optimizer = fused_optimizer(distill.optimizer)
-            for i, opt in enumerate(optimizers or []):
-                optimizers[i] = fused_optimizer(opt)
-            report["fused_adam"] = "on"
-    if options.compile:
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 16)
-        report["compile"] = f"{options.compile}: " + "+".join(compile_prior(prior, options.compile))
-    return report

@@ -5,19 +5,32 @@ the particles' own renders, estimated by the pretrained UNet plus a LoRA that is
 renders, conditioned on the camera. SDS (DreamFusion) replaces ε_φ by the injected noise ε.
 
 The LoRA lives on the SAME UNet as the pretrained branch (peft adapter "vsd"): the pretrained branch runs with
-the adapter disabled, ε_φ with it enabled, so no second copy of the UNet is ever held. The camera (its c2w
-matrix, flattened) goes through a small MLP whose output is added to the UNet's time embedding while ε_φ runs;
-its last layer starts at zero and the LoRA's B matrices start at zero, so ε_φ starts as the pretrained model.
+the adapter disabled, ε_φ with it enabled, so no second copy of the UNet is held (unless asked for, below). The
+camera (its c2w matrix, flattened) goes through a small MLP whose output is added to the UNet's time embedding
+while ε_φ runs; its last layer starts at zero and the LoRA's B matrices start at zero, so ε_φ starts as the
+pretrained model.
+
+What runs is chosen when the estimator is built: `batched=True` evaluates the pretrained CFG pair and ε_φ in ONE
+UNet call (`both_branches`: the LoRA gated per sample by `LoraSampleGate`, the camera embedding zero on the
+pretrained samples), else one call per branch; `separate_estimator=True` keeps the LoRA on a copy of the UNet, as
+the reference implementations do (the bench's side-by-side baseline); `fused_adam` picks the single-kernel AdamW
+on CUDA; `graphs=True` replays CUDA graphs (prior/graphs.py) of the VAE encoder's forward and backward, of the
+batched branches and of the LoRA update step, per shape, and runs them eagerly where capture is impossible
+(saying so once through `say`).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import sys
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from ..config import PriorConfig
-from .diffusion import DiffusionPrior, PromptEmbeddings
+from .diffusion import DiffusionPrior, PromptEmbeddings, guided_eps
+from .graphs import Captures
 
 ADAPTER = "vsd"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -31,9 +44,41 @@ def time_range(cfg: PriorConfig, step: int, total_steps: int) -> tuple[float, fl
     return cfg.t_min, cfg.t_max_annealed
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def vsd_gradient(eps_pretrained: torch.Tensor, eps_phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """w(t)(ε_pretrained − ε_φ), with non-finite entries zeroed so one bad sample cannot poison the scene."""
     return torch.nan_to_num(w * (eps_pretrained - eps_phi), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class LoraSampleGate(nn.Module):
+    """Sits in the LoRA dropout slot (`lora_dropout[ADAPTER]`, which peft's layers apply to the LoRA branch's
+    input by design; the adapter is built with dropout 0, so peft puts an identity there). Without a mask it is
+    that identity; with a boolean mask over the batch, the masked-off samples' LoRA input is zero, so their
+    delta B(A(0))·s is exactly zero and they get the base layer's output unchanged, while the others compute
+    exactly what peft computes for them."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def only(self, mask: torch.Tensor):
+        previous, self.mask = self.mask, mask.bool()
+        try:
+            yield
+        finally:
+            self.mask = previous
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return x
+        if x.shape[0] != self.mask.shape[0]:
+            raise ValueError(f"LoRA sample mask of {self.mask.shape[0]} entries applied to a batch of {x.shape[0]}.")
+        keep = self.mask.view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 class CameraEmbedding(nn.Module):
@@ -52,10 +97,30 @@ class CameraEmbedding(nn.Module):
 class ScoreDistillation:
     """Turns renders into a loss whose gradient w.r.t. the renders' model-space x0 is the VSD/SDS direction."""
 
-    def __init__(self, prior: DiffusionPrior, cfg: PriorConfig, guidance: str):
+    def __init__(self, prior: DiffusionPrior, cfg: PriorConfig, guidance: str, batched: bool = False,
+                 separate_estimator: bool = False, fused_adam: bool = False, graphs: bool = False,
+                 say: Callable[[str], None] = _to_stderr):
         if guidance not in ("vsd", "sds"):
             raise ValueError(f"Unknown guidance '{guidance}': use vsd or sds.")
+        if batched and separate_estimator:
+            raise ValueError("The branches can share one UNet call only when they share one UNet.")
         self.prior, self.cfg, self.guidance = prior, cfg, guidance
+        # Only VSD has a second branch to batch with the pretrained one.
+        self.batched = batched and guidance == "vsd"
+        self.fused_adam = fused_adam and prior.device.type == "cuda"
+        self.gate = LoraSampleGate()
+        self.captures = Captures(prior.device, say) if graphs else None
+        # What the loss and the estimator's update call: captured per shape, or the eager methods themselves.
+        self._encoder: Callable = prior.encode_images
+        self._pretrained: Callable = prior.predict_noise
+        self._branches: Callable = self._both_branches
+        self._train: Callable = self._train_step
+        if self.captures is not None:
+            if not prior.pixel_space:
+                self._encoder = self.captures.encoder("the VAE encoder", prior.encode_images)
+            self._pretrained = self.captures.call("the pretrained CFG pair", prior.predict_noise)
+            self._branches = self.captures.call("the pretrained CFG pair and ε_φ", self._both_branches)
+            self._train = self.captures.call("the LoRA update", self._train_step)
         self._batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._batch_used = False
         self._camera_emb: torch.Tensor | None = None
@@ -63,7 +128,10 @@ class ScoreDistillation:
         self.camera: CameraEmbedding | None = None
         self.lora_params: dict[str, nn.Parameter] = {}
         self.optimizer = None
+        self.unet = None  # the UNet that carries the LoRA
         if guidance == "vsd":
+            # The prior's own, or (the reference layout) a copy made before the LoRA is added.
+            self.unet = copy.deepcopy(prior.unet) if separate_estimator else prior.unet
             self._attach_estimator()
 
     # -- the estimator ε_φ: LoRA + camera embedding on the prior's own UNet --------------------------------
@@ -72,13 +140,15 @@ class ScoreDistillation:
         from peft import LoraConfig
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        unet = self.prior.unet
+        unet = self.unet
         if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
             unet.delete_adapters(ADAPTER)  # a previous job's estimator: start afresh
         rank = self.cfg.lora_rank
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=LORA_TARGETS),
                          adapter_name=ADAPTER)
         self._tuner_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+        for layer in self._tuner_layers:
+            layer.lora_dropout[ADAPTER] = self.gate
         self._set_adapter(False)
         # LoRA weights train in fp32 whatever the UNet's dtype (peft casts the activations to them).
         for name, param in unet.named_parameters():
@@ -92,7 +162,10 @@ class ScoreDistillation:
             self.camera = CameraEmbedding(time_dim).to(self.prior.device)
             self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
             params += list(self.camera.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lora_lr)
+        # Captured, the step counts live on the device (capturable); every step then runs that same code.
+        capturable = self.captures is not None and self.captures.enabled
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lora_lr, fused=self.fused_adam or None,
+                                           capturable=capturable)
 
     def _set_adapter(self, enabled: bool) -> None:
         for layer in self._tuner_layers:
@@ -104,13 +177,22 @@ class ScoreDistillation:
         return output + self._camera_emb.to(output.dtype)
 
     @contextlib.contextmanager
-    def _estimator(self, c2w: torch.Tensor):
-        """While inside, the UNet is ε_φ: adapter on, camera embedding added to the time embedding."""
+    def _estimator(self, c2w: torch.Tensor, pretrained_rows: int = 0):
+        """While inside, the UNet is ε_φ: adapter on, camera embedding added to the time embedding. With
+        `pretrained_rows` > 0 the first that many samples of the batch stay the pretrained model (LoRA gated off,
+        zero camera embedding) and the rest are ε_φ for the cameras c2w."""
         self._set_adapter(True)
         if self.camera is not None:
-            self._camera_emb = self.camera(c2w.to(self.prior.device))
+            cam = self.camera(c2w.to(self.prior.device))
+            # Zero rows add exactly nothing to the pretrained samples' time embedding.
+            self._camera_emb = torch.cat([cam.new_zeros(pretrained_rows, cam.shape[1]), cam])
+        gate = contextlib.nullcontext()
+        if pretrained_rows:
+            rows = pretrained_rows + c2w.shape[0]
+            gate = self.gate.only(torch.arange(rows, device=self.prior.device) >= pretrained_rows)
         try:
-            yield
+            with gate:
+                yield
         finally:
             self._set_adapter(False)
             self._camera_emb = None
@@ -118,7 +200,25 @@ class ScoreDistillation:
     def eps_phi(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
         """ε_φ(x_t, t, c, y): the LoRA branch, conditional only (CFG scale 1, as threestudio's VSD)."""
         with self._estimator(c2w):
-            return self.prior.unet_eps(x_t, t, cond)
+            return self.prior.unet_eps(x_t, t, cond, unet=self.unet)
+
+    @torch.no_grad()
+    def both_branches(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+                      phi_cond: torch.Tensor, c2w: torch.Tensor,
+                      guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided ε_pretrained, ε_φ) from ONE UNet call on [cond, uncond, ε_φ's text] (without uncond, or at CFG
+        scale 1: [cond, ε_φ's text]); the same numbers as `prior.predict_noise` then `eps_phi`, one launch
+        sequence instead of two (a replayed graph of it with `graphs`)."""
+        return self._branches(x_t, t, cond, uncond, phi_cond, c2w, guidance_scale)
+
+    def _both_branches(self, x_t, t, cond, uncond, phi_cond, c2w, guidance_scale):
+        n = x_t.shape[0]
+        guided = uncond is not None and guidance_scale != 1.0
+        embs = [cond, uncond, phi_cond] if guided else [cond, phi_cond]
+        k = len(embs)
+        with self._estimator(c2w, pretrained_rows=(k - 1) * n):
+            eps = self.prior.unet_eps(torch.cat([x_t] * k), torch.cat([t] * k), torch.cat(embs)).chunk(k)
+        return (guided_eps(eps[0], eps[1], guidance_scale) if guided else eps[0]), eps[-1]
 
     def estimator_cond(self, prompt: PromptEmbeddings, directions: list[str]) -> torch.Tensor:
         """The text embedding ε_φ sees: the bare prompt (both references), or the pretrained branch's
@@ -155,7 +255,7 @@ class ScoreDistillation:
         cfg.sds_guidance_scale under SDS.
         """
         prior, cfg = self.prior, self.cfg
-        x0 = prior.encode_images(images)
+        x0 = self.encode(images)
         B = x0.shape[0]
         t_lo, t_hi = time_range(cfg, step, total_steps)
         t = self._sample_t(B, t_lo, t_hi, generator)
@@ -166,10 +266,13 @@ class ScoreDistillation:
             x_t = ab.sqrt() * x0.detach() + (1 - ab).sqrt() * noise
             if self.guidance == "vsd":
                 phi_cond = self.estimator_cond(prompt, directions)
-                eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.guidance_scale)
-                eps_phi = self.eps_phi(x_t, t, phi_cond, c2w)
+                if self.batched:
+                    eps_pre, eps_phi = self.both_branches(x_t, t, cond, uncond, phi_cond, c2w, cfg.guidance_scale)
+                else:
+                    eps_pre = self.pretrained(x_t, t, cond, uncond, cfg.guidance_scale)
+                    eps_phi = self.eps_phi(x_t, t, phi_cond, c2w)
             else:
-                eps_pre = prior.predict_noise(x_t, t, cond, uncond, cfg.sds_guidance_scale)
+                eps_pre = self.pretrained(x_t, t, cond, uncond, cfg.sds_guidance_scale)
                 eps_phi = noise
             grad = vsd_gradient(eps_pre, eps_phi, 1 - ab)
         target = (x0 - grad).detach()
@@ -180,6 +283,15 @@ class ScoreDistillation:
             self._batch.append((x0.detach(), c2w.detach().to(prior.device).float(), phi_cond.detach()))
         info = {"t": t.float().mean().item(), "t_range": (t_lo, t_hi), "grad_norm": grad.norm().item()}
         return loss, info
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """prior.encode_images (replayed from graphs with `graphs`)."""
+        return self._encoder(images)
+
+    def pretrained(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
+                   guidance_scale: float) -> torch.Tensor:
+        """prior.predict_noise, the guided pretrained ε (replayed from graphs with `graphs`)."""
+        return self._pretrained(x_t, t, cond, uncond, guidance_scale)
 
     # -- the estimator's own training -----------------------------------------------------------------------
 
@@ -195,18 +307,25 @@ class ScoreDistillation:
         x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
         self._batch_used = True
         for _ in range(self.cfg.lora_steps_per_iter):
+            # Random numbers come from the job's generator, outside any captured graph.
             t = self._sample_t(x0.shape[0], self.cfg.lora_t_min, self.cfg.lora_t_max, generator)
             noise = self._noise(x0, generator)
-            ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
             dropped = self.cfg.camera_dropout > 0 and self._uniform(generator) < self.cfg.camera_dropout
-            self.optimizer.zero_grad(set_to_none=True)
-            # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
-            with self._estimator(torch.zeros_like(c2w) if dropped else c2w):
-                loss = ((self.prior.unet_eps(x_t, t, cond) - noise) ** 2).mean()
-                loss.backward()
-            self.optimizer.step()
+            loss = self._train(x0, t, noise, torch.zeros_like(c2w) if dropped else c2w, cond)
         return loss.item()
+
+    def _train_step(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, c2w: torch.Tensor,
+                    cond: torch.Tensor) -> torch.Tensor:
+        """One AdamW step of the LoRA + camera MLP on ‖ε_φ(x_t, t, c, y) − ε‖²; returns the loss (no sync)."""
+        ab = self.prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        self.optimizer.zero_grad(set_to_none=True)
+        # Backward inside the context: disabling the adapter clears its requires_grad, which drops the grads.
+        with self._estimator(c2w):
+            loss = ((self.prior.unet_eps(x_t, t, cond, unet=self.unet) - noise) ** 2).mean()
+            loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
@@ -233,7 +352,18 @@ class ScoreDistillation:
                 param.copy_(state["lora"][name])
         if self.camera is not None and state.get("camera") is not None:
             self.camera.load_state_dict(state["camera"])
+        capturable = [g["capturable"] for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        # A checkpoint of a job run without graphs (or the other way round) keeps this estimator's own mode: the
+        # saved hyper-parameters would otherwise switch it. Step counts live where that mode reads them (torch's
+        # AdamW: on the device when capturable or fused, on the CPU otherwise).
+        for group, keep in zip(self.optimizer.param_groups, capturable):
+            group["capturable"] = keep
+            for p in group["params"]:
+                step = self.optimizer.state.get(p, {}).get("step")
+                if torch.is_tensor(step):
+                    where = p.device if keep or group.get("fused") else "cpu"
+                    self.optimizer.state[p]["step"] = step.to(where, torch.float32)
 
     def close(self) -> None:
         """Detach the estimator from the shared UNet (the prior stays loaded for the next job)."""
@@ -241,6 +371,9 @@ class ScoreDistillation:
             self._hook.remove()
             self._hook = None
         if self.lora_params:
-            self.prior.unet.delete_adapters(ADAPTER)
+            self.unet.delete_adapters(ADAPTER)
             self.lora_params = {}
+        self.unet = None  # a reference layout's copy is released
+        if self.captures is not None:
+            self.captures.release()
         self._batch = []

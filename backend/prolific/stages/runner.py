@@ -160,18 +160,21 @@ def stage_prior(prior_cfg: PriorConfig, anneal_fraction: float, sds_guidance_sca
 
 @contextlib.contextmanager
 def score_distillation(ctx: StageContext, guidance: Guidance, optimizers: list, state: dict | None = None):
-    """A ScoreDistillation on the shared prior, restored from `state` when given, with the job's speed options
-    (prior.speed) applied; Adam optimizers in `optimizers` may be replaced in place by fused ones. On exit the
-    estimator and every patch come off the shared UNet, which the next stage and the next job reuse."""
-    distill = ScoreDistillation(ctx.prior, guidance.prior, guidance.mode)
-    try:
-        if state is not None:
-            distill.load_state_dict(state)
-        speed.accelerate(ctx.prior, distill, speed.job_options(ctx.cfg.prior.speed, ctx.device), optimizers)
-        yield distill
-    finally:
-        speed.unbatch_branches(distill)
-        distill.close()
+    """A ScoreDistillation on the shared prior, built with the job's speed options (prior.speed) and restored
+    from `state` when given; the options' flags and module layout hold while inside (speed.applied), and Adam
+    optimizers in `optimizers` may be replaced in place by fused ones. On exit the estimator comes off the
+    shared UNet and every setting is back as it was, for the next stage and the next job."""
+    options = speed.job_options(ctx.cfg.prior.speed, ctx.device)
+    with speed.applied(ctx.prior, options):
+        distill = ScoreDistillation(ctx.prior, guidance.prior, guidance.mode, **speed.estimator_kwargs(options),
+                                    say=lambda message: ctx.reporter.warn("eager_fallback", message))
+        try:
+            if state is not None:
+                distill.load_state_dict(state)
+            speed.fuse_optimizers(optimizers, options)
+            yield distill
+        finally:
+            distill.close()
 
 
 def run_steps(ctx: StageContext, stage: str, stage_cfg, start: int, step_fn: Callable[[int], torch.Tensor],
