@@ -103,9 +103,13 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
 
 def bench_context(cfg, res: int, device: torch.device, generator: torch.Generator, prompt) -> SimpleNamespace:
     """What stages/nerf.train_step reads from its StageContext, with the resolution pinned to `res`."""
+    from ..stages.distributed import Team
+    from ..stages.randomness import particle_generators
+
     ncfg = dataclasses.replace(cfg.nerf, resolutions=(res,), resolution_milestones=(), steps=10**6)
     return SimpleNamespace(cfg=dataclasses.replace(cfg, nerf=ncfg), device=device, generator=generator,
-                           prompt_emb=prompt)
+                           generators=particle_generators(generator.initial_seed(), range(cfg.particles), device),
+                           team=Team(), prompt_emb=prompt)
 
 
 def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, model: str,
@@ -166,7 +170,7 @@ def run_resolution(name, res, cfg, prior, distill, particles, optimizers, prompt
         with timer.step():
             if options.occupancy and i % ncfg.occupancy_every == 0:
                 timer.push("occupancy")
-                nerf_stage.update_occupancy(particles, generator)
+                nerf_stage.update_occupancy(particles, ctx.generators)
                 timer.pop()
             rgb = nerf_stage.train_step(ctx, particles, optimizers, distill, i)
         losses.append(float(rgb.float().mean()))
