@@ -3,15 +3,19 @@ and the same estimator as one process with the same seed, resume each other's ch
 fails ends the job with an error naming it and no process left behind."""
 from __future__ import annotations
 
+import json
 import multiprocessing
+import threading
 
 import pytest
 import torch
 
 from prolific import pipeline
+from prolific.cli import main
 from prolific.config import make_config
-from prolific.errors import BadRequest, ProlificError
+from prolific.errors import Cancelled, ProlificError
 from prolific.prior.diffusion import load_prior
+from prolific.server import Server
 
 # Relative difference per tensor allowed between 1 and 2 processes after 4 steps. They differ by fp32 summation
 # order only (the UNet runs a batch of 2 or of 1; the estimator's gradient is one mean or a weighted sum of two),
@@ -79,6 +83,32 @@ def test_a_worker_that_fails_ends_the_job_with_its_error_and_stops_the_others(tm
     assert not multiprocessing.active_children()
 
 
-def test_more_processes_than_particles_is_refused():
-    with pytest.raises(BadRequest, match="gpus must be a whole number from 1 to the number of particles"):
-        make_config("a red teapot", "test", {"particles": 2, "gpus": 3})
+def test_cancel_stops_every_worker_at_one_step_and_the_job_resumes(tmp_path, tiny_sd_model):
+    """The protocol's cancel and Ctrl-C set the job's cancel event: here at rank 0's first progress event."""
+    cancel = threading.Event()
+
+    def cancel_at_once(event):
+        cancel.set()
+
+    with pytest.raises(Cancelled) as stopped:
+        pipeline.run_job(nerf_job(tiny_sd_model, 6, gpus=2), tmp_path, "job", sink=cancel_at_once, cancel=cancel)
+    assert not multiprocessing.active_children()
+    saved = tmp_path / "job" / "checkpoints" / "nerf.pt"
+    if stopped.value.step:  # stopped after a step: both workers saved it in the one checkpoint
+        state = torch.load(saved, weights_only=True)
+        assert state["step"] == stopped.value.step < 6 and len(state["particles"]) == 2
+    result = pipeline.run_job(nerf_job(tiny_sd_model, 6, gpus=2), tmp_path, "job", resume=True)
+    assert checkpoint(result)["done"]
+
+
+def test_the_cli_and_the_protocol_refuse_more_processes_than_particles(tmp_path, capsys):
+    code = main(["generate", "a red teapot", "-o", str(tmp_path), "--preset", "test", "--particles", "2",
+                 "--gpus", "3"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: gpus must be a whole number from 1 to the number of particles")
+    events = []
+    Server(events.append).handle_line(json.dumps({"op": "generate", "id": 1, "prompt": "a red teapot",
+                                                  "preset": "test", "out_dir": str(tmp_path), "gpus": 0}))
+    [event] = events
+    assert event["event"] == "error" and event["code"] == "bad_request" and "gpus" in event["message"]
+    assert not list(tmp_path.iterdir())

@@ -28,6 +28,10 @@ GPU_RESOLUTIONS = "64,512"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prolific bench stage1", description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, resolutions=GPU_RESOLUTIONS)
+    parser.add_argument("--gpus", default=None, metavar="K,K,...",
+                        help="time whole jobs with the particles spread over each of these process counts (one GPU "
+                             "each; processes on a CPU) instead of the speed variants: ms per iteration of all "
+                             "particles (bench/team.py)")
     return parser
 
 
@@ -228,6 +232,12 @@ def run(argv: list[str]) -> dict:
         overrides["prior"] = {"guidance": args.guidance}
     cfg = make_config(common.PROMPT, preset, overrides)
     resolutions = common.parse_resolutions(args.resolutions, device, GPU_RESOLUTIONS, cfg.nerf.resolutions)
+    if args.gpus is not None:
+        from . import team
+
+        result = team.run(args, device, preset, resolutions)
+        common.emit(result, args.json)
+        return result
     runs = common.variants(args, device)
     model = common.prepare_model(args, device)
     result = {"bench": "stage1", **common.environment(device), "model": args.model, "preset": preset,
