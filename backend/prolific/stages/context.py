@@ -1,5 +1,6 @@
 """What every stage gets from the pipeline (`StageContext`: the job, the shared prior, the job folder's files,
-the reporter, the job's generators and the process's share of the particles) and the file helpers the stages and the export share."""
+the reporter, the job's generators and this process's share of the particles) and the file helpers the stages
+and the export share."""
 from __future__ import annotations
 
 import dataclasses

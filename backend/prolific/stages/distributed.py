@@ -140,8 +140,9 @@ def _worker(rank: int, size: int, store: str, job: dict, messages, stop) -> None
     _exit_with_parent()
     os.environ.update(WORKER_ENV)
     from ..device import pick_device
+    from ..errors import OutOfMemory
     from ..events import Reporter
-    from ..pipeline import run_stages
+    from ..pipeline import OUT_OF_MEMORY_ADVICE, run_stages
 
     cfg = job["cfg"]
     device = pick_device(cfg.device)
@@ -156,7 +157,10 @@ def _worker(rank: int, size: int, store: str, job: dict, messages, stop) -> None
     team = Team(rank, size, device, objects, stop)
     reporter = Reporter(messages.put if rank == 0 else None, threading.Event(), job["phases"])
     try:
-        result = run_stages(cfg, job["job_dir"], job["continuing"], job["resume"], reporter, None, team, device)
+        try:
+            result = run_stages(cfg, job["job_dir"], job["continuing"], job["resume"], reporter, None, team, device)
+        except torch.cuda.OutOfMemoryError:
+            raise OutOfMemory(OUT_OF_MEMORY_ADVICE) from None
     except ProlificError as err:
         messages.put(("error", rank, (type(err), err.message, getattr(err, "stage", None),
                                       getattr(err, "step", None), getattr(err, "total", None))))

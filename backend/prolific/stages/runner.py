@@ -3,10 +3,10 @@ the compatibility check, the RNG state, the step loop with previews and cancel, 
 
 A checkpoint `<job_dir>/checkpoints/<stage>.pt` holds {"stage", "step", "total", "done", "signature", "guidance"
 (the score estimator), "rng" (the shared generator, one per particle, the global one)} plus the stage's own
-`state_dict()` entries, lists over all particles. In a job spread over processes rank 0 writes it with every
-rank's particles gathered, and each rank resumes its own share of them, whatever the number of processes. It is written every
-`checkpoint_every` steps, at the end (with done), and on cancel; resuming continues from it, and a stage whose
-checkpoint is done only reloads its outputs from it.
+`state_dict()` entries, lists over all particles. It is written every `checkpoint_every` steps, at the end (with
+done), and on cancel; resuming continues from it, and a stage whose checkpoint is done only reloads its outputs
+from it. In a job spread over processes rank 0 writes it with every rank's particles gathered, and each rank
+resumes its own share of them, whatever the number of processes.
 """
 from __future__ import annotations
 
