@@ -64,7 +64,7 @@ def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threadi
     if cfg.gpus > 1:
         from .stages.distributed import run_team
 
-        return run_team(cfg, job_dir, continuing, resume, reporter)
+        return run_team(cfg, job_dir, continuing, resume, reporter, run_share)
     return run_stages(cfg, job_dir, continuing, resume, reporter, prior, Team(), pick_device(cfg.device))
 
 
@@ -128,6 +128,17 @@ def run_stages(cfg: JobConfig, job_dir: Path, continuing: bool, resume: bool, re
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
     return {"job_dir": str(job_dir), "meta": str(meta_path), "previews": str(job_dir / "previews"),
             "objects": objects}
+
+
+def run_share(cfg: JobConfig, job_dir: Path, continuing: bool, resume: bool, reporter: Reporter, team: Team,
+              device: torch.device) -> dict:
+    """run_stages in one worker process of a job over several (stages/distributed.py), which loads its own prior;
+    a CUDA out-of-memory becomes `OutOfMemory` with advice, as in run_job."""
+    try:
+        return run_stages(cfg, job_dir, continuing, resume, reporter, None, team, device)
+    except torch.cuda.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        raise OutOfMemory(OUT_OF_MEMORY_ADVICE) from err
 
 
 def is_mesh_job(cfg: JobConfig) -> bool:

@@ -134,15 +134,13 @@ def _exit_with_parent() -> None:
 
 
 def _worker(rank: int, size: int, store: str, job: dict, messages, stop) -> None:
-    """One rank of a job: `job` holds run_stages' arguments; the outcome goes to `messages` as
+    """One rank of a job: `job` holds run_team's target and its arguments; the outcome goes to `messages` as
     ("result" | "error" | "crash", rank, payload), rank 0's progress events before it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     _exit_with_parent()
     os.environ.update(WORKER_ENV)
     from ..device import pick_device
-    from ..errors import OutOfMemory
     from ..events import Reporter
-    from ..pipeline import OUT_OF_MEMORY_ADVICE, run_stages
 
     cfg = job["cfg"]
     device = pick_device(cfg.device)
@@ -157,10 +155,7 @@ def _worker(rank: int, size: int, store: str, job: dict, messages, stop) -> None
     team = Team(rank, size, device, objects, stop)
     reporter = Reporter(messages.put if rank == 0 else None, threading.Event(), job["phases"])
     try:
-        try:
-            result = run_stages(cfg, job["job_dir"], job["continuing"], job["resume"], reporter, None, team, device)
-        except torch.cuda.OutOfMemoryError:
-            raise OutOfMemory(OUT_OF_MEMORY_ADVICE) from None
+        result = job["target"](cfg, job["job_dir"], job["continuing"], job["resume"], reporter, team, device)
     except ProlificError as err:
         messages.put(("error", rank, (type(err), err.message, getattr(err, "stage", None),
                                       getattr(err, "step", None), getattr(err, "total", None))))
@@ -175,15 +170,16 @@ def _worker(rank: int, size: int, store: str, job: dict, messages, stop) -> None
 
 # -- the parent --------------------------------------------------------------------------------------------------
 
-def run_team(cfg, job_dir: Path, continuing: bool, resume: bool, reporter) -> dict:
-    """Run the job's stages on cfg.gpus worker processes and return rank 0's result; raises the workers'
-    error (Cancelled, BadRequest, ...) or, when a worker fails, ProlificError naming it."""
+def run_team(cfg, job_dir: Path, continuing: bool, resume: bool, reporter, target) -> dict:
+    """Run `target(cfg, job_dir, continuing, resume, reporter, team, device)` (the job's stages: a module-level
+    function, which the workers import) on cfg.gpus worker processes and return rank 0's result; raises the
+    workers' error (Cancelled, BadRequest, ...) or, when a worker fails, ProlificError naming it."""
     import torch.multiprocessing as tmp
 
     size = cfg.gpus
     context = multiprocessing.get_context("spawn")
     messages, stop = context.Queue(), context.Event()
-    job = {"cfg": cfg, "job_dir": job_dir, "continuing": continuing, "resume": resume,
+    job = {"target": target, "cfg": cfg, "job_dir": job_dir, "continuing": continuing, "resume": resume,
            "phases": reporter.times.phases}
     outcomes: list[tuple[str, int, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prolific-team-") as folder:
