@@ -144,3 +144,18 @@ def test_bench_render_and_hashgrid_reject_bad_arguments(capsys):
     assert "error: --points" in capsys.readouterr().err
     assert main(["bench", "render", "--set", "march_stepz=4"]) == 2
     assert "error: Unknown setting 'nerf.march_stepz'" in capsys.readouterr().err
+
+
+def test_stage1_over_processes_refuses_more_processes_than_particles(capsys, tmp_path):
+    code = main(["bench", "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"), "--device", "cpu",
+                 "--particles", "2", "--gpus", "1,3"])
+    assert code == 2 and "--gpus 3 needs at least 3 particles" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()  # refused before any work
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the visible GPUs")
+def test_stage1_over_processes_refuses_more_processes_than_gpus(capsys, tmp_path):
+    k = torch.cuda.device_count() + 1
+    code = main(["bench", "stage1", "--model-cache", str(tmp_path / "models"), "--particles", str(k),
+                 "--gpus", f"1,{k}"])
+    assert code == 2 and f"--gpus {k} needs {k} GPUs but {k - 1} are visible" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from prolific.field.nerf import Background, NeRF
 from prolific.render.cameras import orbit_cameras, sample_cameras
 from prolific.render.volume import render_nerf
 from prolific.stages import nerf as nerf_stage
+from prolific.stages.distributed import Team
 
 OBJECT_RADIUS, OBJECT_DENSITY = 0.25, 60.0
 SPECK_CENTRE, SPECK_RADIUS, SPECK_DENSITY = torch.tensor([0.3, -0.25, 0.3]), 0.09, 3.0
@@ -118,7 +119,7 @@ class Recorder:
         self.directions.append(directions)
         return images.sum() * 0, {}
 
-    def update_estimator(self, generator=None):
+    def update_estimator(self, generator=None, rows=None):
         return 0.0
 
 
@@ -135,18 +136,19 @@ def test_random_solid_backgrounds_replace_the_learned_one_on_their_share_of_step
         cfg = make_config("x", "test", {"nerf": {"random_background": p},
                                         "cameras": {"camera_distance": [1.5, 1.5], "fov_deg": [70, 70]}})
         ctx = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
-                              prompt_emb=None)
+                              generators=[torch.Generator().manual_seed(1)], team=Team(), prompt_emb=None)
         particle = nerf_stage.make_particle(cfg.nerf, cfg.hash_grid, ctx.device)
-        nerf_stage.update_occupancy([particle], ctx.generator)  # empty corners: nothing but the background
+        nerf_stage.update_occupancy([particle], ctx.generators)  # empty corners: nothing but the background
         optimizer = nerf_stage.make_optimizer(cfg.nerf, particle.nerf, particle.background)
         recorder, solid = Recorder(), []
         for step in range(40):
-            state = ctx.generator.get_state()
+            own = ctx.generators[0]  # the particle's camera comes from its own generator
+            state = own.get_state()
             nerf_stage.train_step(ctx, [particle], [optimizer], recorder, step)
-            after = ctx.generator.get_state()
-            ctx.generator.set_state(state)  # replay the step's cameras
-            cameras = sample_cameras(1, cfg.cameras, ctx.generator)
-            ctx.generator.set_state(after)
+            after = own.get_state()
+            own.set_state(state)  # replay the step's cameras
+            cameras = sample_cameras(1, cfg.cameras, own)
+            own.set_state(after)
             solid.append(not _corner_is_learned(particle, cameras, recorder.images[-1][0]))
         return sum(solid) / len(solid)
 

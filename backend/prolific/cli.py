@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "model standard on a GPU, draft on a CPU)")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--particles", type=int, help="number of variations (VSD particles)")
+    gen.add_argument("--gpus", type=int, metavar="K",
+                     help="spread the particles over K processes, one GPU each (on a CPU: K processes); default 1")
     gen.add_argument("--guidance", help="vsd (default) or sds")
     gen.add_argument("--stages", help="comma-separated subset of nerf,geometry,texture")
     for stage in ("nerf", "geometry", "texture"):
@@ -105,7 +107,7 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     given = {name: getattr(args, name) for name in ("model", "guidance", "negative_prompt", "seed", "particles",
-                                                     "device", "steps_nerf", "steps_geometry", "steps_texture")}
+                                                     "gpus", "device", "steps_nerf", "steps_geometry", "steps_texture")}
     for name in ("stages", "formats"):  # comma-separated lists
         text = getattr(args, name)
         given[name] = None if text is None else [s.strip() for s in text.split(",") if s.strip()]

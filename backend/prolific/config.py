@@ -193,6 +193,7 @@ class JobConfig:
     preset: str = "standard"
     seed: int = 0
     particles: int = 1
+    gpus: int = 1  # processes the particles are spread over (stages/distributed.py), one GPU each on CUDA
     stages: tuple[str, ...] = STAGES
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -447,6 +448,9 @@ def _validate(cfg: JobConfig) -> None:
     _require(len(cfg.prompt) <= 1000, "The prompt is longer than 1000 characters.")
     _require(_is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "The seed must be a whole number from 0 to 4294967295.")
     _require(_is_int(cfg.particles) and 1 <= cfg.particles <= 16, "Particles (variations) must be 1 to 16.")
+    _require(_is_int(cfg.gpus) and 1 <= cfg.gpus <= cfg.particles,
+             f"gpus must be a whole number from 1 to the number of particles ({cfg.particles}): each process "
+             f"needs a particle of its own (got {cfg.gpus!r}).")
     _require(len(cfg.stages) > 0 and all(s in STAGES for s in cfg.stages),
              f"Stages must be a non-empty list of: {', '.join(STAGES)}.")
     _require(list(cfg.stages) == [s for s in STAGES if s in cfg.stages],

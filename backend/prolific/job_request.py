@@ -7,12 +7,13 @@ from typing import Any, Callable
 
 from .config import JobConfig, default_preset, make_config, moved_settings
 from .device import pick_device
-from .errors import BadRequest
+from .errors import BadRequest, NoGpu
 
 # Flat request fields and the setting each sets: (section, key), section None for the job's own fields.
 FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "model": ("prior", "model"), "guidance": ("prior", "guidance"), "negative_prompt": ("prior", "negative_prompt"),
-    "seed": (None, "seed"), "particles": (None, "particles"), "stages": (None, "stages"), "device": (None, "device"),
+    "seed": (None, "seed"), "particles": (None, "particles"),
+    "gpus": (None, "gpus"), "stages": (None, "stages"), "device": (None, "device"),
     "formats": ("export", "formats"),
     "steps_nerf": ("nerf", "steps"), "steps_geometry": ("geometry", "steps"), "steps_texture": ("texture", "steps"),
 }
@@ -42,4 +43,22 @@ def job_config(prompt: str, preset: str | None, overrides: dict[str, Any],
     cfg = make_config(prompt, "standard" if preset is None else preset, overrides)
     if preset is None:
         cfg = make_config(prompt, default_preset(pick_device(cfg.device).type, cfg.prior.model is None), overrides)
+    check_gpus(cfg)
     return cfg, preset is None
+
+
+def check_gpus(cfg: JobConfig) -> None:
+    """On CUDA a job over several processes needs a GPU for each (rank r runs on cuda:r)."""
+    if cfg.gpus == 1:
+        return
+    device = pick_device(cfg.device)
+    if device.type != "cuda":
+        return
+    if cfg.device not in ("auto", "cuda"):
+        raise BadRequest(f"With gpus {cfg.gpus} the device must be auto or cuda (process r runs on cuda:r), "
+                         f"not {cfg.device}.")
+    import torch
+
+    if cfg.gpus > torch.cuda.device_count():
+        raise NoGpu(f"gpus {cfg.gpus} was asked for but this machine has only {torch.cuda.device_count()} "
+                    "CUDA GPU(s).")

@@ -19,6 +19,7 @@ from .device import device_description, job_dtype, pick_device
 from .errors import BadRequest, JobExists, OutOfMemory
 from .events import Phase, Reporter, Sink
 from .stages.context import StageContext
+from .stages.distributed import Team
 from .stages.geometry import GeometryStage
 from .stages.nerf import NerfStage
 from .stages.runner import reload_stage, run_stage
@@ -54,14 +55,24 @@ def load_job_prior(cfg: JobConfig, device: torch.device):
 def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threading.Event, resume: bool,
              prior) -> dict:
     job_dir = out_dir / check_job_name(job_name)
-    mesh_job = any(s in MESH_STAGES for s in cfg.stages)
-    reporter = Reporter(sink, cancel, plan_phases(cfg, mesh_job))
+    reporter = Reporter(sink, cancel, plan_phases(cfg, is_mesh_job(cfg)))
     continuing = check_job_dir(job_dir, cfg.stages, resume)
     if resume and not continuing:
         reporter.warn("nothing_to_resume", f"Nothing to resume in {job_dir}: no checkpoint was saved there. "
                       "Starting the job from the beginning.")
     prepare_job_dir(job_dir)
-    device = pick_device(cfg.device)
+    if cfg.gpus > 1:
+        from .stages.distributed import run_team
+
+        return run_team(cfg, job_dir, continuing, resume, reporter, run_share)
+    return run_stages(cfg, job_dir, continuing, resume, reporter, prior, Team(), pick_device(cfg.device))
+
+
+def run_stages(cfg: JobConfig, job_dir: Path, continuing: bool, resume: bool, reporter: Reporter, prior,
+               team: Team, device: torch.device) -> dict:
+    """The stages and the export in a prepared job folder, for `team`'s share of the particles; rank 0 writes
+    meta.json and returns the result (other ranks return theirs, without meta)."""
+    lead = team.rank == 0
     timings: dict[str, float] = previous_timings(job_dir) if resume else {}
     started = time.monotonic()
     if prior is None:
@@ -69,17 +80,17 @@ def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threadi
         timings["load_prior"] = round(time.monotonic() - started, 3)
     warn_unknown_words(prior, cfg.prompt, reporter)
     prompt_emb = prior.embed_prompt(cfg.prompt, cfg.prior.negative_prompt, cfg.prior.view_dependent_prompt)
-    if not continuing:  # only now that the model has loaded: a run that fails earlier changes nothing
+    if not continuing and lead:  # only now that the model has loaded: a run that fails earlier changes nothing
         clear_stale_previews(job_dir, cfg.stages)
 
-    torch.manual_seed(cfg.seed)  # module initialisation draws from the global generator
+    torch.manual_seed(cfg.seed)  # modules seed their own initialisation; anything else stays reproducible
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    ctx = StageContext(cfg, device, prior, prompt_emb, job_dir, reporter, cancel, generator)
+    ctx = StageContext(cfg, device, prior, prompt_emb, job_dir, reporter, reporter.cancel, generator, team)
 
     outputs, previous = None, None
     stage_outputs: dict[str, Any] = {}
     for stage in cfg.stages:
-        reporter.check_cancel()
+        team.check_cancel(reporter)
         if ORDER.index(stage) > 0 and previous != ORDER[ORDER.index(stage) - 1]:
             outputs = load_upstream(ctx, stage)  # e.g. --stages geometry,texture after a nerf-only run
         was_done = resume and ctx.stage_done(stage)
@@ -90,7 +101,7 @@ def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threadi
             timings[stage] = round(time.monotonic() - t0, 3)
         previous = stage
 
-    if mesh_job:
+    if is_mesh_job(cfg):
         t0 = time.monotonic()
         reporter.step("export", 0, 1)
         from .export.result import write_result
@@ -102,16 +113,36 @@ def _run_job(cfg: JobConfig, out_dir: Path, job_name: str, sink, cancel: threadi
         nerf_out = stage_outputs["nerf"]
         objects = [{"checkpoint": str(nerf_out["checkpoint"]), "turntable": [str(p) for p in views]}
                    for views in nerf_out["turntables"]]
+    parts = team.gather(objects)
+    if not lead:
+        return {}
+    objects = [obj for part in parts for obj in part]
     timings["total"] = round(time.monotonic() - started, 3)
 
     meta_path = job_dir / "meta.json"
     meta = {"prompt": cfg.prompt, "negative_prompt": cfg.prior.negative_prompt, "seed": cfg.seed,
             "preset": cfg.preset, "model": cfg.prior.model, "stages": list(cfg.stages),
             "settings": cfg.to_dict(), "timings": timings, "backend": __version__,
-            "device": device_description(device), "objects": objects}
+            "device": device_description(device) + (f" (and {team.size - 1} more)" if team.size > 1 else ""),
+            "objects": objects}
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
     return {"job_dir": str(job_dir), "meta": str(meta_path), "previews": str(job_dir / "previews"),
             "objects": objects}
+
+
+def run_share(cfg: JobConfig, job_dir: Path, continuing: bool, resume: bool, reporter: Reporter, team: Team,
+              device: torch.device) -> dict:
+    """run_stages in one worker process of a job over several (stages/distributed.py), which loads its own prior;
+    a CUDA out-of-memory becomes `OutOfMemory` with advice, as in run_job."""
+    try:
+        return run_stages(cfg, job_dir, continuing, resume, reporter, None, team, device)
+    except torch.cuda.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        raise OutOfMemory(OUT_OF_MEMORY_ADVICE) from err
+
+
+def is_mesh_job(cfg: JobConfig) -> bool:
+    return any(s in MESH_STAGES for s in cfg.stages)
 
 
 def plan_phases(cfg: JobConfig, mesh_job: bool) -> list[Phase]:

@@ -29,7 +29,7 @@ from .job_request import job_config, request_overrides
 
 PROTOCOL = 1
 # Request fields of `generate` beside op and id; the flat ones job_request translates into settings.
-FLAT_GENERATE_FIELDS = ("model", "guidance", "negative_prompt", "seed", "particles", "stages", "device")
+FLAT_GENERATE_FIELDS = ("model", "guidance", "negative_prompt", "seed", "particles", "gpus", "stages", "device")
 GENERATE_FIELDS = {"prompt", "preset", "out_dir", "overrides", "resume", "job", *FLAT_GENERATE_FIELDS, *SECTIONS}
 
 
@@ -214,7 +214,7 @@ class Server:
             self.write({"event": kind, "id": job.id, **event.to_dict()})
 
         try:
-            prior = self.load_prior(job.cfg)
+            prior = self.load_prior(job.cfg) if job.cfg.gpus == 1 else None  # each worker loads its own
             result = run_job(job.cfg, job.out_dir, job.name, sink=progress, cancel=job.cancel, resume=job.resume,
                              prior=prior)
         except Cancelled as err:

@@ -88,7 +88,7 @@ def measure(name: str, ncfg, grid, cameras_cfg, device: torch.device, resolution
     if name == "packed-torch":  # the same samples, marched and composited with PyTorch ops
         renderer = dataclasses.replace(renderer, composite=composite_torch, walk=walk_lattice)
     generator = torch.Generator(device).manual_seed(args.seed)
-    nerf_stage.update_occupancy([particle], generator)
+    nerf_stage.update_occupancy([particle], [generator])
     out = {"name": name, "renderer": renderer.name, "hash_grid": particle.nerf.encoding.impl,
            "kernels": getattr(renderer, "fused", False), "mlp_precision": ncfg.mlp_precision,
            "occupied_fraction": round(particle.occupancy.occupied_fraction, 4), "resolutions": {}}

@@ -29,6 +29,10 @@ GPU_RESOLUTIONS = "64,512"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prolific bench stage1", description=__doc__.split("\n\n")[0])
     common.add_common_args(parser, resolutions=GPU_RESOLUTIONS)
+    parser.add_argument("--gpus", default=None, metavar="K,K,...",
+                        help="time whole jobs with the particles spread over each of these process counts (one GPU "
+                             "each; processes on a CPU) instead of the speed variants: ms per iteration of all "
+                             "particles (bench/team.py)")
     return parser
 
 
@@ -106,9 +110,13 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
 
 def bench_context(cfg, res: int, device: torch.device, generator: torch.Generator, prompt) -> SimpleNamespace:
     """What stages/nerf.train_step reads from its StageContext, with the resolution pinned to `res`."""
+    from ..stages.distributed import Team
+    from ..stages.randomness import particle_generators
+
     ncfg = dataclasses.replace(cfg.nerf, resolutions=(res,), resolution_milestones=(), steps=10**6)
     return SimpleNamespace(cfg=dataclasses.replace(cfg, nerf=ncfg), device=device, generator=generator,
-                           prompt_emb=prompt)
+                           generators=particle_generators(generator.initial_seed(), range(cfg.particles), device),
+                           team=Team(), prompt_emb=prompt)
 
 
 def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, model: str,
@@ -169,7 +177,7 @@ def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, gener
         with timer.step():
             if i % ncfg.occupancy_every == 0 and particles[0].occupancy is not None:
                 timer.push("occupancy")
-                nerf_stage.update_occupancy(particles, generator)
+                nerf_stage.update_occupancy(particles, ctx.generators)
                 timer.pop()
             rgb = nerf_stage.train_step(ctx, particles, optimizers, distill, i)
         losses.append(float(rgb.float().mean()))
@@ -217,6 +225,12 @@ def run(argv: list[str]) -> dict:
         overrides["prior"] = {"guidance": args.guidance}
     cfg = make_config(common.PROMPT, preset, overrides)
     resolutions = common.parse_resolutions(args.resolutions, device, GPU_RESOLUTIONS, cfg.nerf.resolutions)
+    if args.gpus is not None:
+        from . import team
+
+        result = team.run(args, device, preset, resolutions)
+        common.emit(result, args.json)
+        return result
     runs = common.variants(args, device)
     model = common.prepare_model(args, device)
     result = {"bench": "stage1", **common.environment(device), "model": args.model, "preset": preset,

@@ -62,8 +62,9 @@ def export_objects(ctx, meshes: Sequence[TriMesh], textures: Sequence[Callable[[
     cfg = ctx.cfg
     raster = make_rasterizer(ctx.device)
     objects = []
-    for k, (mesh, albedo_fn) in enumerate(zip(meshes, textures)):
+    for i, (mesh, albedo_fn) in enumerate(zip(meshes, textures)):
         ctx.reporter.check_cancel()
+        k = ctx.particle_index(i)
         albedo_fn = albedo_fn or uniform_grey
         started = time.monotonic()
         positions = mesh.positions.detach().cpu().numpy()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -99,7 +99,10 @@ class ScoreDistillation:
 
     def __init__(self, prior: DiffusionPrior, cfg: PriorConfig, guidance: str, batched: bool = False,
                  separate_estimator: bool = False, fused_adam: bool = False, graphs: bool = False,
-                 say: Callable[[str], None] = _to_stderr):
+                 say: Callable[[str], None] = _to_stderr,
+                 reduce_grads: Callable[[list, int], None] | None = None):
+        """`reduce_grads(params, rows)`, when given, runs between the estimator's backward and its optimizer
+        step (stages/distributed.py: the mean over every process's renders)."""
         if guidance not in ("vsd", "sds"):
             raise ValueError(f"Unknown guidance '{guidance}': use vsd or sds.")
         if batched and separate_estimator:
@@ -109,6 +112,7 @@ class ScoreDistillation:
         self.batched = batched and guidance == "vsd"
         self.fused_adam = fused_adam and prior.device.type == "cuda"
         self.gate = LoraSampleGate()
+        self.reduce_grads = reduce_grads
         self.captures = Captures(prior.device, say) if graphs else None
         # What the loss and the estimator's update call: captured per shape, or the eager methods themselves.
         self._encoder: Callable = prior.encode_images
@@ -120,7 +124,9 @@ class ScoreDistillation:
                 self._encoder = self.captures.encoder("the VAE encoder", prior.encode_images)
             self._pretrained = self.captures.call("the pretrained CFG pair", prior.predict_noise)
             self._branches = self.captures.call("the pretrained CFG pair and ε_φ", self._both_branches)
-            self._train = self.captures.call("the LoRA update", self._train_step)
+            # Over several processes the update all-reduces its gradients mid-step, which a graph cannot hold.
+            if reduce_grads is None:
+                self._train = self.captures.call("the LoRA update", self._train_step)
         self._batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._batch_used = False
         self._camera_emb: torch.Tensor | None = None
@@ -229,9 +235,13 @@ class ScoreDistillation:
 
     # -- the particles' gradient ----------------------------------------------------------------------------
 
-    def _sample_t(self, n: int, lo: float, hi: float, generator: torch.Generator | None) -> torch.Tensor:
+    # A generator, or a sequence of them, one per sample (row) of the batch: row i draws from the i-th.
+
+    def _sample_t(self, n: int, lo: float, hi: float, generator) -> torch.Tensor:
         T = self.prior.num_train_timesteps
         t_lo, t_hi = int(lo * T), min(int(hi * T), T - 1)
+        if isinstance(generator, Sequence):
+            return torch.cat([self._sample_t(1, lo, hi, g) for g in generator])
         gen_device = generator.device if generator is not None else "cpu"
         return torch.randint(t_lo, t_hi + 1, (n,), generator=generator, device=gen_device).to(self.prior.device)
 
@@ -239,13 +249,16 @@ class ScoreDistillation:
         gen_device = generator.device if generator is not None else "cpu"
         return torch.rand((), generator=generator, device=gen_device).item()
 
-    def _noise(self, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _noise(self, like: torch.Tensor, generator) -> torch.Tensor:
+        if isinstance(generator, Sequence):
+            return torch.cat([self._noise(like[i:i + 1], g) for i, g in enumerate(generator)])
         gen_device = generator.device if generator is not None else "cpu"
         return torch.randn(like.shape, generator=generator, device=gen_device).to(like.device)
 
     def loss(self, images: torch.Tensor, c2w: torch.Tensor, directions: list[str], prompt: PromptEmbeddings,
-             step: int, total_steps: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """Score-distillation loss of renders [B,3,H,W] in [0,1] seen from cameras c2w [B,4,4].
+             step: int, total_steps: int, generator=None) -> tuple[torch.Tensor, dict]:
+        """Score-distillation loss of renders [B,3,H,W] in [0,1] seen from cameras c2w [B,4,4]; `generator` draws
+        t and the noise (one per render when a sequence).
 
         d loss / d x0_i = w(t_i)(ε_pretrained − ε_φ)_i / B, with x0 the renders in the UNet's input space:
         loss = ½‖x0 − sg(x0 − g)‖² / B, the batch mean as in threestudio, so the gradient does not grow with the
@@ -295,11 +308,14 @@ class ScoreDistillation:
 
     # -- the estimator's own training -----------------------------------------------------------------------
 
-    def update_estimator(self, generator: torch.Generator | None = None) -> float:
+    def update_estimator(self, generator: torch.Generator | None = None,
+                         rows: Sequence[torch.Generator] | None = None) -> float:
         """cfg.lora_steps_per_iter AdamW steps of the LoRA + camera MLP on the renders stored by `loss` since the
         last update (all particles), each at its own random t in [lora_t_min, lora_t_max]:
         min ‖ε_φ(x_t, t, c, y) − ε‖², the camera c zeroed on a cfg.camera_dropout share of the steps (so ε_φ
-        also learns the camera-free score, as both references do). Returns the last step's loss."""
+        also learns the camera-free score, as both references do). t and the noise come from `rows` (one
+        generator per stored render) when given, else from `generator`, which draws the dropout. Returns the last
+        step's loss."""
         if self.guidance != "vsd" or not self._batch:
             return 0.0
         shape = self._batch[-1][0].shape[1:]
@@ -307,9 +323,9 @@ class ScoreDistillation:
         x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
         self._batch_used = True
         for _ in range(self.cfg.lora_steps_per_iter):
-            # Random numbers come from the job's generator, outside any captured graph.
-            t = self._sample_t(x0.shape[0], self.cfg.lora_t_min, self.cfg.lora_t_max, generator)
-            noise = self._noise(x0, generator)
+            # Random numbers come from the job's generators (one per row where given), outside any captured graph.
+            t = self._sample_t(x0.shape[0], self.cfg.lora_t_min, self.cfg.lora_t_max, rows or generator)
+            noise = self._noise(x0, rows or generator)
             dropped = self.cfg.camera_dropout > 0 and self._uniform(generator) < self.cfg.camera_dropout
             loss = self._train(x0, t, noise, torch.zeros_like(c2w) if dropped else c2w, cond)
         return loss.item()
@@ -324,6 +340,8 @@ class ScoreDistillation:
         with self._estimator(c2w):
             loss = ((self.prior.unet_eps(x_t, t, cond, unet=self.unet) - noise) ** 2).mean()
             loss.backward()
+            if self.reduce_grads is not None:
+                self.reduce_grads([p for g in self.optimizer.param_groups for p in g["params"]], x0.shape[0])
         self.optimizer.step()
         return loss.detach()
 

@@ -1,10 +1,12 @@
 """What every stage gets from the pipeline (`StageContext`: the job, the shared prior, the job folder's files,
-the reporter and the job's generator) and the file helpers the stages and the export share."""
+the reporter, the job's generators and this process's share of the particles) and the file helpers the stages
+and the export share."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import JobConfig
+from ..config import CameraConfig, JobConfig
 from ..events import Reporter
+from ..render.cameras import Cameras, sample_cameras
+from .distributed import Team
+from .randomness import particle_generators
 
 
 @dataclass
@@ -26,6 +31,22 @@ class StageContext:
     reporter: Reporter
     cancel: threading.Event
     generator: torch.Generator  # on `device`; seeded from cfg.seed, its state travels in the checkpoints
+    team: Team = field(default_factory=Team)  # this process among the job's (stages/distributed.py)
+    # One per particle of this process (stages/randomness.py); their states travel in the checkpoints too.
+    generators: list[torch.Generator] | None = None
+
+    def __post_init__(self) -> None:
+        if self.generators is None:
+            self.generators = particle_generators(self.cfg.seed, self.particles, self.device)
+
+    @property
+    def particles(self) -> range:
+        """The global indices of this process's particles (all of them in a single-process job)."""
+        return self.team.share(self.cfg.particles)
+
+    def particle_index(self, i: int) -> int:
+        """The global index of this process's i-th particle."""
+        return self.particles.start + i
 
     def checkpoint_path(self, stage: str) -> Path:
         return self.job_dir / "checkpoints" / f"{stage}.pt"
@@ -47,6 +68,12 @@ class StageContext:
 
     def stage_done(self, stage: str) -> bool:
         return checkpoint_done(self.checkpoint_path(stage))
+
+
+def particle_cameras(ctx: StageContext, cfg: CameraConfig) -> Cameras:
+    """One random training camera per particle of this process, each from its particle's generator."""
+    cams = [sample_cameras(1, cfg, g, ctx.device) for g in ctx.generators]
+    return Cameras(*(torch.cat([getattr(c, f.name) for c in cams]) for f in dataclasses.fields(Cameras)))
 
 
 def checkpoint_done(path: Path) -> bool:

@@ -16,10 +16,9 @@ from ..field.trimesh import TriMesh, laplacian_smoothness, normal_consistency, v
 from ..field.texture import nerf_albedo
 from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
-from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .context import StageContext
+from .context import StageContext, particle_cameras
 from .optimizers import load_optimizer_state
 from .runner import Guidance, stage_prior
 
@@ -105,7 +104,7 @@ def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guida
                step: int) -> torch.Tensor:
     cfg, gcfg = ctx.cfg, ctx.cfg.geometry
     res = gcfg.resolution
-    cameras = sample_cameras(len(dmtets), cfg.cameras, ctx.generator, ctx.device)
+    cameras = particle_cameras(ctx, cfg.cameras)
     images, reg = [], 0.0
     for k, dmtet in enumerate(dmtets):
         mesh = dmtet.mesh()
@@ -115,10 +114,11 @@ def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guida
         reg = reg + regularisers(mesh, gcfg)
     images = torch.cat(images)
     # The distillation loss is a batch mean (per-particle gradients shrink as 1/n), so the regularisers are
-    # averaged over the particles too and keep their weight relative to it.
+    # averaged over the particles too and keep their weight relative to it; over several processes both are
+    # means over the job's particles.
     directions = ViewSectors.of(cfg.prior).directions(cameras)
-    loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, gcfg.steps, ctx.generator)
-    loss = loss + reg / len(dmtets)
+    loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, gcfg.steps, ctx.generators)
+    loss = len(dmtets) / cfg.particles * loss + reg / cfg.particles
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     if loss.requires_grad:  # an empty surface has nothing to optimise

@@ -17,12 +17,13 @@ from ..config import HashGridConfig, NerfConfig
 from ..field.nerf import Background, NeRF
 from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
-from ..render.cameras import sample_cameras, sample_light_dirs, turntable_cameras
+from ..render.cameras import sample_light_dirs, turntable_cameras
 from ..render.packed import make_renderer
 from ..render.shading import SHADINGS
 from ..render.volume import OccupancyGrid
-from .context import StageContext, save_png
+from .context import StageContext, particle_cameras, save_png
 from .optimizers import field_optimizer, load_optimizer_state
+from .randomness import PARTICLE_INIT, seeded_init, stage_key
 from .runner import Guidance
 
 STAGE = "nerf"
@@ -52,24 +53,27 @@ def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background) -> torch
     return field_optimizer(nerf, background, cfg.lr, cfg.mlp_lr, cfg.background_lr)
 
 
-def regularisers(renders: list[dict], cfg: NerfConfig, step: int) -> torch.Tensor:
+def regularisers(renders: list[dict], cfg: NerfConfig, step: int, share: float = 1.0,
+                 sampled_total: float | None = None) -> torch.Tensor:
     """The opacity regularisers of one step's renders (render_nerf's outputs), batch means like the
     distillation loss: sparsity mean √(o² + 0.01) pulls every pixel's opacity down (fog, floaters); the opacity
     BCE −o·log o − (1−o)·log(1−o), from step opacity_start_fraction·steps on, pushes each pixel to fully empty
     or fully opaque, so a faint floater goes and the opaque object stays; the official code's entropy does the
-    same per sample, over the samples the field was evaluated at."""
+    same per sample, over the samples the field was evaluated at. Over several processes each gets its part of
+    the job's means: `share` = its renders / all renders, `sampled_total` = all renders' evaluated samples."""
     opacity = torch.cat([r["opacity"] for r in renders])
     loss = opacity.new_zeros(())
     if cfg.sparsity_weight > 0:
-        loss = loss + cfg.sparsity_weight * (opacity ** 2 + 0.01).sqrt().mean()
+        loss = loss + share * cfg.sparsity_weight * (opacity ** 2 + 0.01).sqrt().mean()
     if cfg.opacity_weight > 0 and step >= cfg.opacity_start_fraction * cfg.steps:
         o = opacity.clamp(1e-3, 1 - 1e-3)  # threestudio's clamp
-        loss = loss + cfg.opacity_weight * -(o * o.log() + (1 - o) * (1 - o).log()).mean()
+        loss = loss + share * cfg.opacity_weight * -(o * o.log() + (1 - o) * (1 - o).log()).mean()
     if cfg.entropy_weight > 0:
         w = torch.cat([r["weights"][r["sampled"]] for r in renders])
         if w.numel() > 0:
             w = w.clamp(1e-5, 1 - 1e-5)  # the official code's clamp
-            loss = loss + cfg.entropy_weight * -(w * w.log2() + (1 - w) * (1 - w).log2()).mean()
+            entropy = -(w * w.log2() + (1 - w) * (1 - w).log2()).sum() / (sampled_total or w.numel())
+            loss = loss + cfg.entropy_weight * entropy
     return loss
 
 
@@ -91,10 +95,10 @@ def pick_shading(probabilities: tuple[float, float, float], generator: torch.Gen
     return SHADINGS[-1]
 
 
-def update_occupancy(particles: list[Particle], generator: torch.Generator) -> None:
+def update_occupancy(particles: list[Particle], generators: list[torch.Generator]) -> None:
     with torch.no_grad():
-        for p in particles:
-            p.occupancy.update(p.nerf.density, generator=generator)
+        for p, g in zip(particles, generators):
+            p.occupancy.update(p.nerf.density, generator=g)
 
 
 class NerfStage:
@@ -104,13 +108,15 @@ class NerfStage:
 
     def __init__(self, ctx: StageContext, upstream: dict | None = None):
         self.ctx, self.settings = ctx, ctx.cfg.nerf
-        self.particles = [make_particle(self.settings, ctx.cfg.hash_grid, ctx.device)
-                          for _ in range(ctx.cfg.particles)]
+        self.particles = []
+        for k in ctx.particles:
+            with seeded_init(ctx.cfg.seed, ctx.device, PARTICLE_INIT, stage_key(STAGE), k):
+                self.particles.append(make_particle(self.settings, ctx.cfg.hash_grid, ctx.device))
         self.optimizers = [make_optimizer(self.settings, p.nerf, p.background) for p in self.particles]
 
     def initialise(self) -> None:
         if self.settings.steps > 0:
-            update_occupancy(self.particles, self.ctx.generator)
+            update_occupancy(self.particles, self.ctx.generators)
 
     def signature(self) -> dict:
         return {"particles": self.ctx.cfg.particles, "guidance": self.ctx.cfg.prior.guidance}
@@ -121,7 +127,7 @@ class NerfStage:
     def step(self, step: int, guidance: ScoreDistillation) -> torch.Tensor:
         rgb = train_step(self.ctx, self.particles, self.optimizers, guidance, step)
         if (step + 1) % self.settings.occupancy_every == 0:
-            update_occupancy(self.particles, self.ctx.generator)
+            update_occupancy(self.particles, self.ctx.generators)
         return rgb
 
     def state_dict(self) -> dict:
@@ -138,8 +144,8 @@ class NerfStage:
 
     def outputs(self, trained: bool) -> dict:
         ctx = self.ctx
-        turntables = [write_turntable(ctx, p, ctx.object_dir(k), again=trained)
-                      for k, p in enumerate(self.particles)]
+        turntables = [write_turntable(ctx, p, ctx.object_dir(ctx.particle_index(i)), again=trained)
+                      for i, p in enumerate(self.particles)]
         return {"nerfs": [p.nerf for p in self.particles], "backgrounds": [p.background for p in self.particles],
                 "occupancy": [p.occupancy for p in self.particles], "checkpoint": ctx.checkpoint_path(STAGE),
                 "turntables": turntables}
@@ -149,28 +155,33 @@ def train_step(ctx: StageContext, particles: list[Particle], optimizers: list, e
                step: int) -> torch.Tensor:
     ncfg = ctx.cfg.nerf
     res = resolution_at(ncfg, step)
-    cameras = sample_cameras(len(particles), ctx.cfg.cameras, ctx.generator, ctx.device)
-    lights = sample_light_dirs(cameras, ctx.generator)
+    generators = ctx.generators
+    cameras = particle_cameras(ctx, ctx.cfg.cameras)
+    lights = torch.cat([sample_light_dirs(cameras[k], g) for k, g in enumerate(generators)])
     # Both references: on a random half of the steps each render gets a random solid colour behind it (both
     # branches of VSD see that image), so the object cannot hide in the background.
     solid = ncfg.random_background > 0 and _uniform(ctx.generator) < ncfg.random_background
     renders = []
-    for k, p in enumerate(particles):
-        background = _random_colour(ctx.generator, ctx.device) if solid else p.background
-        out = p.renderer(p.nerf, background, cameras[k], res, res,
-                         shading=pick_shading(ncfg.shading, ctx.generator), occupancy=p.occupancy,
-                         light_dir=lights[k:k + 1], generator=ctx.generator)
+    for k, (p, g) in enumerate(zip(particles, generators)):
+        background = _random_colour(g, ctx.device) if solid else p.background
+        out = p.renderer(p.nerf, background, cameras[k], res, res, shading=pick_shading(ncfg.shading, g),
+                         occupancy=p.occupancy, light_dir=lights[k:k + 1], generator=g)
         renders.append(out)
     images = torch.cat([r["rgb"] for r in renders])
     directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
-    loss, _ = estimator.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, ncfg.steps, ctx.generator)
-    loss = loss + regularisers(renders, ncfg, step)
+    loss, _ = estimator.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, ncfg.steps, generators)
+    # The losses are means over the job's renders: this process's part of them.
+    share = len(particles) / ctx.cfg.particles
+    sampled = None
+    if ncfg.entropy_weight > 0 and ctx.team.size > 1:
+        sampled = ctx.team.total(sum(int(r["sampled"].sum()) for r in renders))
+    loss = share * loss + regularisers(renders, ncfg, step, share, sampled)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     loss.backward()
     for opt in optimizers:
         opt.step()
-    estimator.update_estimator(ctx.generator)
+    estimator.update_estimator(ctx.generator, generators)
     return images.detach()
 
 

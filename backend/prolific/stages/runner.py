@@ -2,9 +2,11 @@
 the compatibility check, the RNG state, the step loop with previews and cancel, saving, and upstream reloads.
 
 A checkpoint `<job_dir>/checkpoints/<stage>.pt` holds {"stage", "step", "total", "done", "signature", "guidance"
-(the score estimator), "rng"} plus the stage's own `state_dict()` entries. It is written every
-`checkpoint_every` steps, at the end (with done), and on cancel; resuming continues from it, and a stage whose
-checkpoint is done only reloads its outputs from it.
+(the score estimator), "rng" (the shared generator, one per particle, the global one)} plus the stage's own
+`state_dict()` entries, lists over all particles. It is written every `checkpoint_every` steps, at the end (with
+done), and on cancel; resuming continues from it, and a stage whose checkpoint is done only reloads its outputs
+from it. In a job spread over processes rank 0 writes it with every rank's particles gathered, and each rank
+resumes its own share of them, whatever the number of processes.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..errors import BadRequest, Cancelled
 from ..prior import speed
 from ..prior.vsd import ScoreDistillation
 from .context import StageContext, save_png
+from .randomness import ESTIMATOR_INIT, seeded_init, stage_key
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,8 @@ class Stage(Protocol):
         """One optimisation step; returns the images it rendered (the first is the preview)."""
 
     def state_dict(self) -> dict:
-        """The stage's own checkpoint entries (its particles' parameters and optimizers)."""
+        """The stage's own checkpoint entries, each a list with one item per particle of this process (their
+        parameters and optimizers)."""
 
     def load_state_dict(self, state: dict, path: Path) -> None:
         """Restore what `state_dict` saved; `path` names the file in errors."""
@@ -78,13 +82,14 @@ def run_stage(ctx: StageContext, stage_cls: type[Stage], upstream: dict | None, 
     else:
         start = min(state["step"], total)
         check_signature(state["signature"], stage.signature(), start < total, path)
+        state = own_share(ctx, stage, state)
         stage.load_state_dict(state, path)
-        set_rng_state(ctx.generator, state["rng"])
+        set_rng_state(ctx, state["rng"])
     ctx.reporter.step(stage.name, start, total)
     trained = state is None or start < total
     if trained:
         with score_distillation(ctx, stage.guidance(), stage.optimizers,
-                                state["guidance"] if state is not None else None) as guidance:
+                                state["guidance"] if state is not None else None, stage.name) as guidance:
             run_steps(ctx, stage.name, stage.settings, start, lambda step: stage.step(step, guidance),
                       lambda done: save_checkpoint(ctx, stage, guidance, done))
     return stage.outputs(trained)
@@ -131,21 +136,44 @@ def check_signature(saved: dict, wanted: dict, training: bool, path: Path) -> No
                          f"{describe(wanted)}: resume with the same settings or use a new output folder.")
 
 
+def own_share(ctx: StageContext, stage: Stage, state: dict) -> dict:
+    """`state` with the per-particle entries cut to this process's particles."""
+    share = slice(ctx.particles.start, ctx.particles.stop)
+    if ctx.particles == range(len(state["particles"])):
+        return state
+    own = {k: state[k][share] for k in stage.state_dict()}
+    rng = dict(state["rng"])
+    if "particles" in rng:
+        rng["particles"] = rng["particles"][share]
+    return {**state, **own, "rng": rng}
+
+
 def save_checkpoint(ctx: StageContext, stage: Stage, guidance: ScoreDistillation, step: int) -> Path:
+    """Write the stage's checkpoint with every process's particles (a collective: every rank calls it)."""
     total = stage.settings.steps
+    path = ctx.checkpoint_path(stage.name)
+    parts = ctx.team.gather({**stage.state_dict(), "generators": [g.get_state() for g in ctx.generators]})
+    if parts is None:
+        return path
+    merged = {k: [item for part in parts for item in part[k]] for k in parts[0]}
+    rng = {"generator": ctx.generator.get_state(), "particles": merged.pop("generators"),
+           "torch": torch.get_rng_state()}
     return ctx.save_checkpoint(stage.name, {
         "stage": stage.name, "step": step, "total": total, "done": step >= total, "signature": stage.signature(),
-        **stage.state_dict(), "guidance": guidance.state_dict(), "rng": rng_state(ctx.generator)})
+        **merged, "guidance": guidance.state_dict(), "rng": rng})
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    """The job generator's state and the global CPU one (module initialisation draws from it)."""
-    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(generator: torch.Generator, state: dict) -> None:
-    generator.set_state(state["generator"].cpu())
+def set_rng_state(ctx: StageContext, state: dict) -> None:
+    """Continue the saved generators. A checkpoint from before the per-particle generators (no "particles")
+    drew everything from the job generator: with one particle that one goes on drawing its numbers, so the job
+    continues as that backend's would; with more, the particles' generators start from their seeds."""
+    ctx.generator.set_state(state["generator"].cpu())
     torch.set_rng_state(state["torch"].cpu())
+    if "particles" in state:
+        for g, saved in zip(ctx.generators, state["particles"]):
+            g.set_state(saved.cpu())
+    elif len(ctx.generators) == 1 and ctx.cfg.particles == 1:
+        ctx.generators[0] = ctx.generator
 
 
 def stage_prior(prior_cfg: PriorConfig, anneal_fraction: float, sds_guidance_scale: float | None = None) -> PriorConfig:
@@ -159,15 +187,21 @@ def stage_prior(prior_cfg: PriorConfig, anneal_fraction: float, sds_guidance_sca
 
 
 @contextlib.contextmanager
-def score_distillation(ctx: StageContext, guidance: Guidance, optimizers: list, state: dict | None = None):
+def score_distillation(ctx: StageContext, guidance: Guidance, optimizers: list, state: dict | None = None,
+                       stage: str = ""):
     """A ScoreDistillation on the shared prior, built with the job's speed options (prior.speed) and restored
     from `state` when given; the options' flags and module layout hold while inside (speed.applied), and Adam
-    optimizers in `optimizers` may be replaced in place by fused ones. On exit the estimator comes off the
-    shared UNet and every setting is back as it was, for the next stage and the next job."""
+    optimizers in `optimizers` may be replaced in place by fused ones. Its initialisation draws from `stage`'s
+    estimator stream (the same in every process), and in a job over several processes its gradients are averaged
+    over them before each step. On exit the estimator comes off the shared UNet and every setting is back as it
+    was, for the next stage and the next job."""
     options = speed.job_options(ctx.cfg.prior.speed, ctx.device)
+    reduce = ctx.team.reduce_grads if ctx.team.size > 1 else None
     with speed.applied(ctx.prior, options):
-        distill = ScoreDistillation(ctx.prior, guidance.prior, guidance.mode, **speed.estimator_kwargs(options),
-                                    say=lambda message: ctx.reporter.warn("eager_fallback", message))
+        with seeded_init(ctx.cfg.seed, ctx.device, ESTIMATOR_INIT, stage_key(stage)):
+            distill = ScoreDistillation(ctx.prior, guidance.prior, guidance.mode, reduce_grads=reduce,
+                                        **speed.estimator_kwargs(options),
+                                        say=lambda message: ctx.reporter.warn("eager_fallback", message))
         try:
             if state is not None:
                 distill.load_state_dict(state)
@@ -182,15 +216,16 @@ def run_steps(ctx: StageContext, stage: str, stage_cfg, start: int, step_fn: Cal
     """The step loop. step_fn(step) runs one step and returns the images it rendered (the first is the preview);
     save_fn(done) writes the checkpoint. Previews every `preview_every`, checkpoints every `checkpoint_every` and
     at the end, a progress event per step; on cancel the finished steps are saved first so that --resume
-    continues from there. Zero steps left still write the final (done) checkpoint."""
+    continues from there. Zero steps left still write the final (done) checkpoint. Over several processes
+    rank 0 writes the previews (of its first particle, the job's first)."""
     total, done = stage_cfg.steps, start
     try:
         for step in range(start, total):
-            ctx.reporter.check_cancel()
+            ctx.team.check_cancel(ctx.reporter)
             images = step_fn(step)
             done = step + 1
             preview = None
-            if done % stage_cfg.preview_every == 0 or done == total:
+            if ctx.team.rank == 0 and (done % stage_cfg.preview_every == 0 or done == total):
                 preview = save_png(images[0], ctx.preview_path(stage, done))
             if done % stage_cfg.checkpoint_every == 0 or done == total:
                 save_fn(done)

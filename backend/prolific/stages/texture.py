@@ -17,11 +17,11 @@ from ..field.trimesh import TriMesh
 from ..field.texture import AlbedoField
 from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
-from ..render.cameras import sample_cameras
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
-from .context import StageContext
+from .context import StageContext, particle_cameras
 from .optimizers import field_optimizer, load_optimizer_state
+from .randomness import PARTICLE_INIT, seeded_init, stage_key
 from .runner import Guidance, stage_prior
 
 STAGE = "texture"
@@ -62,7 +62,10 @@ class TextureStage:
                              "(--stages geometry,texture).")
         self.ctx, self.settings, self.upstream = ctx, ctx.cfg.texture, upstream
         self.meshes: list[TriMesh] = upstream["meshes"]
-        self.fields = [AlbedoField(ctx.cfg.hash_grid, ctx.cfg.nerf.bound, ctx.device) for _ in self.meshes]
+        self.fields = []
+        for i in range(len(self.meshes)):
+            with seeded_init(ctx.cfg.seed, ctx.device, PARTICLE_INIT, stage_key(STAGE), ctx.particle_index(i)):
+                self.fields.append(AlbedoField(ctx.cfg.hash_grid, ctx.cfg.nerf.bound, ctx.device))
         self.backgrounds = stage_backgrounds(self.settings, upstream.get("backgrounds") or [None] * len(self.fields))
         self.optimizers = [make_optimizer(f, b, self.settings) for f, b in zip(self.fields, self.backgrounds)]
         self.raster = make_rasterizer(ctx.device)
@@ -71,10 +74,10 @@ class TextureStage:
     def initialise(self) -> None:
         """Each field first copies its NeRF's albedo on the surface."""
         nerf_albedos = self.upstream.get("textures") or [None] * len(self.fields)
-        for f, mesh, nerf_albedo in zip(self.fields, self.meshes, nerf_albedos):
+        for f, mesh, nerf_albedo, g in zip(self.fields, self.meshes, nerf_albedos, self.ctx.generators):
             if nerf_albedo is not None and mesh.faces.shape[0] > 0:
-                points = mesh.sample_surface(INIT_FIT_POINTS, self.ctx.generator)
-                f.fit(nerf_albedo, points, min(INIT_FIT_STEPS, self.settings.steps), generator=self.ctx.generator)
+                points = mesh.sample_surface(INIT_FIT_POINTS, g)
+                f.fit(nerf_albedo, points, min(INIT_FIT_STEPS, self.settings.steps), generator=g)
 
     def signature(self) -> dict:
         return {"particles": self.ctx.cfg.particles, "guidance": self.settings.guidance}
@@ -115,18 +118,19 @@ def make_optimizer(field: AlbedoField, background, tcfg: TextureConfig) -> torch
 def train_step(ctx: StageContext, raster, meshes: list[TriMesh], normals: list, fields: list, optimizers: list,
                backgrounds: list, guidance: ScoreDistillation, step: int) -> torch.Tensor:
     tcfg = ctx.cfg.texture
-    cameras = sample_cameras(len(fields), ctx.cfg.cameras, ctx.generator, ctx.device)
+    cameras = particle_cameras(ctx, ctx.cfg.cameras)
     images = torch.cat([
         render_mesh(raster, m.positions, m.faces, cameras[k], tcfg.resolution, tcfg.resolution, shading="albedo",
                     normals=normals[k], albedo_fn=fields[k], background=backgrounds[k], antialias=False)["rgb"]
         for k, m in enumerate(meshes)])
     directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
-    loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, tcfg.steps, ctx.generator)
+    loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, tcfg.steps, ctx.generators)
+    loss = len(fields) / ctx.cfg.particles * loss  # this process's part of the mean over the job's renders
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     if loss.requires_grad:
         loss.backward()
         for opt in optimizers:
             opt.step()
-    guidance.update_estimator(ctx.generator)
+    guidance.update_estimator(ctx.generator, ctx.generators)
     return images
