@@ -22,8 +22,8 @@ import triton.language as tl
 
 
 BLOCK = 128
-# Warps per program, from a sweep of BLOCK 64-512 × 1-8 warps at 4M points on an H200 (forward 2.6 ms at 8
-# warps against 2.9 at 4; the backward 6.2 ms at 4 against 8.3 at 8).
+# Warps per program, the fastest of a BLOCK 64-512 × 1-8 warps sweep of the kernels alone at 4M points on an
+# H200 (a throwaway script; `prolific bench hashgrid` with them: bench_results/2026-12-01_h200_hashgrid.json).
 FORWARD_WARPS, BACKWARD_WARPS = 8, 4
 
 
