@@ -267,3 +267,63 @@ def test_retired_options_are_ignored_with_a_warning():
     assert speed.job_options(cfg.prior.speed, "cpu") == SpeedOptions(sdpa=False, batch=True)
     with pytest.warns(FutureWarning, match="'compile' no longer exists"):
         make_config("a red teapot", "test", {"prior": {"speed": "compile"}})
+
+
+def _field_and_optimizer(fused: bool):
+    from prolific.field.nerf import NeRF
+    from prolific.stages.optimizers import field_optimizer
+
+    torch.manual_seed(0)
+    cfg = _config()
+    nerf = NeRF(cfg.nerf, cfg.hash_grid)
+    return nerf, field_optimizer(nerf, None, 1e-2, 1e-3, 1e-3, fused=fused)
+
+
+def _adam_steps(nerf, optimizer, steps: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        x = torch.rand(256, 3, generator=g) * 2 - 1
+        nerf.density(x).square().mean().backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("saved_fused", [True, False])
+def test_a_checkpoint_resumes_with_this_jobs_adam_kernel(saved_fused, tmp_path):
+    """A stage-1 checkpoint of a job with other speed options (fused Adam or not) continues with the kernel this
+    job built, and the same numbers: fused and plain Adam agree to fp32 rounding."""
+    from prolific.stages.optimizers import load_optimizer_state
+
+    nerf, optimizer = _field_and_optimizer(fused=saved_fused)
+    _adam_steps(nerf, optimizer, 3, seed=1)
+    path = tmp_path / "nerf.pt"
+    torch.save({"nerf": nerf.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    state = torch.load(path, weights_only=True)
+    resumed, resumed_opt = _field_and_optimizer(fused=not saved_fused)
+    resumed.load_state_dict(state["nerf"])
+    load_optimizer_state(resumed_opt, state["optimizer"], path)
+    assert all(bool(g["fused"]) is not saved_fused for g in resumed_opt.param_groups)
+    _adam_steps(nerf, optimizer, 2, seed=2)
+    _adam_steps(resumed, resumed_opt, 2, seed=2)
+    for a, b in zip(nerf.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_stages_build_fused_adam_only_where_asked_on_cuda():
+    assert speed.fused_adam(speed.job_options("auto", "cuda"), "cuda")
+    assert not speed.fused_adam(speed.job_options("auto", "cuda"), "cpu")
+    assert not speed.fused_adam(speed.job_options("none", "cuda"), "cuda")
+    assert not speed.fused_adam(speed.job_options("best", "cpu"), "cpu")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_stage1_builds_fused_adam_on_cuda_only(tmp_path, device):
+    from prolific.events import Reporter
+    from prolific.stages.context import StageContext
+
+    cfg = make_config("a red teapot", "test", {"device": device})
+    dev = torch.device(device)
+    ctx = StageContext(cfg, dev, None, None, tmp_path, Reporter(), None, torch.Generator(dev).manual_seed(0))
+    kernels = {bool(g["fused"]) for opt in nerf_stage.NerfStage(ctx).optimizers for g in opt.param_groups}
+    assert kernels == {device == "cuda"}

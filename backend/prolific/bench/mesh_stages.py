@@ -103,8 +103,9 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
     if guidance.batched:
         out["applied"]["batch"] = "cfg+lora in one call"
     dmtets = [initial_surface(cfg, device, args.seed + k) for k in range(args.particles)]
+    fused = speed.fused_adam(options, device)
     if stage == "stage2":
-        optimizers = [geometry.make_optimizer(d, cfg.geometry) for d in dmtets]
+        optimizers = [geometry.make_optimizer(d, cfg.geometry, fused) for d in dmtets]
     else:
         from ..field.texture import AlbedoField
 
@@ -112,10 +113,9 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
             meshes = [d.mesh().detach() for d in dmtets]
         fields = [AlbedoField(cfg.hash_grid, cfg.nerf.bound, device) for _ in meshes]
         backgrounds = texture.stage_backgrounds(cfg.texture, [None] * len(fields))
-        optimizers = [texture.make_optimizer(f, b, cfg.texture) for f, b in zip(fields, backgrounds)]
-    fused = speed.fuse_optimizers(optimizers, options)
-    if fused:
-        out["applied"]["fused_adam"] = fused
+        optimizers = [texture.make_optimizer(f, b, cfg.texture, fused) for f, b in zip(fields, backgrounds)]
+    if options.fused_adam:
+        out["applied"]["fused_adam"] = "on" if fused else "skipped: needs CUDA"
     scale = prior_cfg.guidance_scale if vsd else prior_cfg.sds_guidance_scale
     out["flops"] = vsd_step_flops(prior, args.particles, guidance_name, scale)
     out["faces"] = [int(d.mesh().faces.shape[0]) for d in dmtets]

@@ -101,10 +101,10 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
         applied["batch"] = "cfg+lora in one call"
     torch.manual_seed(seed + 1)
     particles = make_particles(cfg.nerf, cfg.hash_grid, device, n_particles, reference, reference_occupancy)
-    optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background) for p in particles]
-    fused = speed.fuse_optimizers(optimizers, options)
-    if fused:
-        applied["fused_adam"] = fused
+    fused = speed.fused_adam(options, device)
+    optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background, fused) for p in particles]
+    if options.fused_adam:
+        applied["fused_adam"] = "on" if fused else "skipped: needs CUDA"
     return Variant(prior, distill, particles, optimizers, options, applied, settings)
 
 

@@ -6,7 +6,8 @@
   diffusion work as replayed CUDA graphs (prior/graphs.py).
 - tf32, sdpa, channels-last: settings of the process and of the shared UNet/VAE, set by `applied` for the span
   of a job's steps and put back as they were on exit, so the long-lived server carries none into the next job.
-- fused-adam for the stages' own Adam optimizers: `fused_optimizer`, which the runner applies to them.
+- fused-adam for the stages' own Adam optimizers: `fused_adam`, which the stages read when they build them
+  (StageContext.fused_adam).
 """
 from __future__ import annotations
 
@@ -100,35 +101,9 @@ def applied(prior, options: SpeedOptions):
 
 # -- optimizers ----------------------------------------------------------------------------------------------
 
-def fused_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The same Adam/AdamW (hyper-parameters, param groups and state) as one fused CUDA kernel per step.
-    Returned unchanged when its parameters are not all on CUDA or it is another kind of optimizer."""
-    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        return optimizer
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    if not params or any(p.device.type != "cuda" for p in params):
-        return optimizer
-    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in optimizer.param_groups]
-    fused = type(optimizer)(groups, fused=True)
-    fused.load_state_dict(optimizer.state_dict())
-    for g in fused.param_groups:
-        g["fused"], g["foreach"] = True, None
-        for p in g["params"]:
-            state = fused.state.get(p, {})
-            if torch.is_tensor(state.get("step")):  # the fused kernel reads step counts on the device
-                state["step"] = state["step"].to(p.device, torch.float32)
-    return fused
-
-
-def fuse_optimizers(optimizers: list, options: SpeedOptions) -> str | None:
-    """Replace the Adam optimizers in `optimizers` (in place) by fused ones when `options` ask for it; says
-    what happened (None when not asked)."""
-    if not options.fused_adam:
-        return None
-    fused = [fused_optimizer(opt) for opt in optimizers]
-    done = any(new is not old for new, old in zip(fused, optimizers))
-    optimizers[:] = fused
-    return "on" if done or not optimizers else "skipped: needs CUDA"
+def fused_adam(options: SpeedOptions, device: torch.device | str) -> bool:
+    """Whether Adam optimizers built for `device` run fused (one CUDA kernel per step): fused-adam, on CUDA."""
+    return options.fused_adam and torch.device(device).type == "cuda"
 
 
 def log(message: str) -> None:

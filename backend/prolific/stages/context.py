@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..config import CameraConfig, JobConfig
 from ..events import Reporter
+from ..prior import speed
 from ..render.cameras import Cameras, sample_cameras
 from .distributed import Team
 from .randomness import particle_generators
@@ -38,6 +39,11 @@ class StageContext:
     def __post_init__(self) -> None:
         if self.generators is None:
             self.generators = particle_generators(self.cfg.seed, self.particles, self.device)
+
+    @property
+    def fused_adam(self) -> bool:
+        """Whether the stages build their Adam optimizers fused (prior.speed's fused-adam, on CUDA only)."""
+        return speed.fused_adam(speed.job_options(self.cfg.prior.speed, self.device), self.device)
 
     @property
     def particles(self) -> range:

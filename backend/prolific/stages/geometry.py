@@ -19,7 +19,7 @@ from ..prior.vsd import ScoreDistillation
 from ..render.mesh import render_mesh
 from ..render.raster import make_rasterizer
 from .context import StageContext, particle_cameras
-from .optimizers import load_optimizer_state
+from .optimizers import adam, load_optimizer_state
 from .runner import Guidance, stage_prior
 
 STAGE = "geometry"
@@ -62,7 +62,7 @@ class GeometryStage:
         if self.upstream is None:
             raise BadRequest("The geometry stage starts from a finished nerf stage: include it (--stages nerf,...).")
         self.dmtets = [initial_dmtet(self.grid, nerf, self.settings) for nerf in self.upstream["nerfs"]]
-        self.optimizers = [make_optimizer(d, self.settings) for d in self.dmtets]
+        self.optimizers = [make_optimizer(d, self.settings, self.ctx.fused_adam) for d in self.dmtets]
 
     def signature(self) -> dict:
         return {"particles": self.ctx.cfg.particles, "guidance": "sds", "tet_res": self.settings.tet_res}
@@ -81,7 +81,7 @@ class GeometryStage:
 
     def load_state_dict(self, state: dict, path: Path) -> None:
         self.dmtets = [DMTet(self.grid) for _ in state["particles"]]
-        self.optimizers = [make_optimizer(d, self.settings) for d in self.dmtets]
+        self.optimizers = [make_optimizer(d, self.settings, self.ctx.fused_adam) for d in self.dmtets]
         for d, opt, saved in zip(self.dmtets, self.optimizers, state["particles"]):
             # Checkpoints from before the fitted grid hold no box: theirs was the whole cube, DMTet's default.
             d.load_state_dict({"sdf": saved["sdf"], "deform": saved["deform"], "box": saved.get("box", d.box)})
@@ -96,8 +96,8 @@ class GeometryStage:
                 "backgrounds": upstream["backgrounds"] if upstream else [None] * len(meshes)}
 
 
-def make_optimizer(dmtet: DMTet, gcfg: GeometryConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(dmtet.parameters(), lr=gcfg.lr, betas=gcfg.betas, eps=gcfg.eps)
+def make_optimizer(dmtet: DMTet, gcfg: GeometryConfig, fused: bool = False) -> torch.optim.Optimizer:
+    return adam(dmtet.parameters(), fused, lr=gcfg.lr, betas=gcfg.betas, eps=gcfg.eps)
 
 
 def train_step(ctx: StageContext, raster, dmtets: list[DMTet], optimizers, guidance: ScoreDistillation,

@@ -35,8 +35,8 @@ class Guidance:
 
 class Stage(Protocol):
     """One stage's math. `name` is its config section and checkpoint file; `settings` that section (the runner
-    reads steps, checkpoint_every and preview_every); `optimizers` the Adam optimizers `step` uses, which the
-    runner may replace in place with fused ones (prior.speed)."""
+    reads steps, checkpoint_every and preview_every); `optimizers` the Adam optimizers `step` uses, built fused
+    when StageContext.fused_adam says so."""
 
     name: str
     settings: Any
@@ -88,8 +88,8 @@ def run_stage(ctx: StageContext, stage_cls: type[Stage], upstream: dict | None, 
     ctx.reporter.step(stage.name, start, total)
     trained = state is None or start < total
     if trained:
-        with score_distillation(ctx, stage.guidance(), stage.optimizers,
-                                state["guidance"] if state is not None else None, stage.name) as guidance:
+        with score_distillation(ctx, stage.guidance(), state["guidance"] if state is not None else None,
+                                stage.name) as guidance:
             run_steps(ctx, stage.name, stage.settings, start, lambda step: stage.step(step, guidance),
                       lambda done: save_checkpoint(ctx, stage, guidance, done))
     return stage.outputs(trained)
@@ -187,13 +187,11 @@ def stage_prior(prior_cfg: PriorConfig, anneal_fraction: float, sds_guidance_sca
 
 
 @contextlib.contextmanager
-def score_distillation(ctx: StageContext, guidance: Guidance, optimizers: list, state: dict | None = None,
-                       stage: str = ""):
+def score_distillation(ctx: StageContext, guidance: Guidance, state: dict | None = None, stage: str = ""):
     """A ScoreDistillation on the shared prior, built with the job's speed options (prior.speed) and restored
-    from `state` when given; the options' flags and module layout hold while inside (speed.applied), and Adam
-    optimizers in `optimizers` may be replaced in place by fused ones. Its initialisation draws from `stage`'s
-    estimator stream (the same in every process), and in a job over several processes its gradients are averaged
-    over them before each step. On exit the estimator comes off the shared UNet and every setting is back as it
+    from `state` when given; the options' flags and module layout hold while inside (speed.applied). Its
+    initialisation draws from `stage`'s estimator stream (the same in every process), and in a job over several
+    processes its gradients are averaged over them before each step. On exit the estimator comes off the shared UNet and every setting is back as it
     was, for the next stage and the next job."""
     options = speed.job_options(ctx.cfg.prior.speed, ctx.device)
     reduce = ctx.team.reduce_grads if ctx.team.size > 1 else None
@@ -205,7 +203,6 @@ def score_distillation(ctx: StageContext, guidance: Guidance, optimizers: list, 
         try:
             if state is not None:
                 distill.load_state_dict(state)
-            speed.fuse_optimizers(optimizers, options)
             yield distill
         finally:
             distill.close()

@@ -67,7 +67,8 @@ class TextureStage:
             with seeded_init(ctx.cfg.seed, ctx.device, PARTICLE_INIT, stage_key(STAGE), ctx.particle_index(i)):
                 self.fields.append(AlbedoField(ctx.cfg.hash_grid, ctx.cfg.nerf.bound, ctx.device))
         self.backgrounds = stage_backgrounds(self.settings, upstream.get("backgrounds") or [None] * len(self.fields))
-        self.optimizers = [make_optimizer(f, b, self.settings) for f, b in zip(self.fields, self.backgrounds)]
+        self.optimizers = [make_optimizer(f, b, self.settings, ctx.fused_adam)
+                           for f, b in zip(self.fields, self.backgrounds)]
         self.raster = make_rasterizer(ctx.device)
         self.normals = [m.vertex_normals() for m in self.meshes]
 
@@ -111,8 +112,8 @@ class TextureStage:
         return {"meshes": self.meshes, "textures": self.fields, "checkpoint": self.ctx.checkpoint_path(STAGE)}
 
 
-def make_optimizer(field: AlbedoField, background, tcfg: TextureConfig) -> torch.optim.Optimizer:
-    return field_optimizer(field, background, tcfg.lr, tcfg.mlp_lr, tcfg.background_lr)
+def make_optimizer(field: AlbedoField, background, tcfg: TextureConfig, fused: bool = False) -> torch.optim.Optimizer:
+    return field_optimizer(field, background, tcfg.lr, tcfg.mlp_lr, tcfg.background_lr, fused)
 
 
 def train_step(ctx: StageContext, raster, meshes: list[TriMesh], normals: list, fields: list, optimizers: list,
