@@ -118,6 +118,24 @@ def test_matches_a_plain_reference_on_dense_and_hashed_levels():
     assert torch.allclose(enc(x), _reference(enc, x), atol=1e-4)
 
 
+@pytest.mark.parametrize("log2_size, max_res, narrow", [(19, 2048, True), (22, 4096, False)])
+def test_hashed_rows_are_the_spatial_hash_in_either_integer_width(log2_size, max_res, narrow):
+    """The lookup forms hashes in int32 with the primes masked to the table first, or in int64 where
+    max_res·table would overflow int32: both give Instant-NGP's hash of the cell's corners exactly."""
+    enc = TorchHashGrid(n_levels=3, n_features=2, log2_size=log2_size, base_res=512, max_res=max_res)
+    assert enc._narrow is narrow and enc.n_dense == 0
+    x = torch.cat([torch.rand(50, 3), torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.5]])])
+    rows, _, _ = enc.corners(x)
+    table = 2 ** log2_size
+    for level, res in enumerate(enc.resolutions):
+        cells = torch.minimum((res * x).floor(), torch.tensor(res - 1.0)).long().tolist()  # as the lookup rounds
+        for n, cell in enumerate(cells):
+            for c in range(8):
+                v = [cell[a] + ((c >> (2 - a)) & 1) for a in range(3)]
+                row = (v[0] ^ (v[1] * 2654435761) ^ (v[2] * 805459861)) % table
+                assert rows[level, c, n].item() == level * table + row
+
+
 def test_gradient_wrt_points_matches_finite_differences():
     enc = _grid()
     with torch.no_grad():
@@ -143,7 +161,7 @@ def test_chunked_backward_sums_gradients_like_one_chunk(monkeypatch):
     whole = enc.params.grad.clone()
     enc.params.grad = None
     from prolific.field import hashgrid
-    monkeypatch.setattr(hashgrid._HashGridFunction, "CHUNK_ELEMENTS", 8 * 4 * 7)  # 7 points per chunk
+    monkeypatch.setitem(hashgrid._HashGridFunction.CHUNK_ELEMENTS, "cpu", 8 * 4 * 7)  # 7 points per chunk
     enc(x).square().sum().backward()
     assert torch.allclose(enc.params.grad, whole, atol=1e-9)
 
@@ -203,3 +221,19 @@ def test_auto_is_the_triton_grid_on_cuda_and_loads_a_torch_checkpoint():
     # Compiled, the cell fraction is one fused multiply-add where PyTorch rounds res·x first: up to
     # max_res·2^-24 of a cell apart (tests/kernel_cases.py::_tolerance).
     assert float((fused(x) - plain(x)).abs().max() / plain(x).abs().max()) <= 2 * 512 * 2.0 ** -24
+
+
+def test_any_feature_count_looks_up_the_same_rows():
+    """Two features are fetched as one 8-byte word, other counts row by row: a 4-feature grid equals two
+    2-feature grids holding its feature halves, values and gradients."""
+    wide, low, high = _grid(n_features=4), _grid(), _grid()
+    with torch.no_grad():
+        wide.params.normal_()
+        low.params.copy_(wide.params[:, :2])
+        high.params.copy_(wide.params[:, 2:])
+    x = torch.rand(500, 3)
+    out = wide(x).view(500, 4, 4)
+    assert torch.equal(out[..., :2], low(x).view(500, 4, 2)) and torch.equal(out[..., 2:], high(x).view(500, 4, 2))
+    wide(x).square().sum().backward()
+    (low(x).square().sum() + high(x).square().sum()).backward()
+    assert torch.allclose(wide.params.grad, torch.cat([low.params.grad, high.params.grad], 1), atol=1e-6)
