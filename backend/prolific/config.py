@@ -227,7 +227,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # README's main command: the bundled toy prior (64 px, pixel space) on a CPU in a few minutes.
     # Toy-specific: its captions' view sectors are ±45° (toy/dataset.py) and it only saw white backdrops, so a
-    # random solid background would pull fog over the object to whiten it.
+    # random solid background makes the object grow over it: with the references' 0.5 the green cone's silhouette
+    # IoU falls from 0.38 to 0.21 (CPU, seed 0; bench_results/2026-12-01_cpu_quality_cube_sweep).
     "demo": {
         # The paper's CFG 7.5 suits the 10k-step toy prior too: VSD silhouette IoU 0.46 at 7.5, 0.45 at 5, 0.35 at
         # 2, and at 1 the NeRF fades away in 200 steps (bench_results/2026-12-01_h200_quality_cfg_sweep). Its view
@@ -237,6 +238,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "samples_per_ray": 32,
                  "occupancy_res": 32, "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
                  "checkpoint_every": 50, "preview_every": 20,
+                 # Sparsity 500, not threestudio's 10: at 10 every toy object outgrows its true size (the red cube
+                 # fills the frame); over the 4 quality prompts (CPU, seed 0) silhouette IoU 0.33 -> 0.60 and
+                 # Chamfer 0.22 -> 0.10, while 700 and 1000 shrink the green cone (IoU 0.83 at 500, 0.58, 0.20;
+                 # bench_results/2026-12-01_cpu_quality_cube_sweep).
+                 "sparsity_weight": 500.0,
                  # Packed renderer, 96 steps: on the demo's trained red cube a 64 px render + backward evaluates
                  # 30k samples instead of the dense renderer's 121k and takes 0.79 s of CPU instead of 2.14 s
                  # (turntable silhouette IoU 0.999 between the two; bench_results/README.md).
