@@ -49,7 +49,8 @@ def make_particle(cfg: NerfConfig, grid: HashGridConfig, device: torch.device) -
     return Particle(nerf, background, occupancy, make_renderer(cfg, device))
 
 
-def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background, fused: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background,
+                   fused: bool = False) -> torch.optim.Optimizer:
     return field_optimizer(nerf, background, cfg.lr, cfg.mlp_lr, cfg.background_lr, fused)
 
 
@@ -112,7 +113,8 @@ class NerfStage:
         for k in ctx.particles:
             with seeded_init(ctx.cfg.seed, ctx.device, PARTICLE_INIT, stage_key(STAGE), k):
                 self.particles.append(make_particle(self.settings, ctx.cfg.hash_grid, ctx.device))
-        self.optimizers = [make_optimizer(self.settings, p.nerf, p.background, ctx.fused_adam) for p in self.particles]
+        self.optimizers = [make_optimizer(self.settings, p.nerf, p.background, ctx.fused_adam)
+                           for p in self.particles]
 
     def initialise(self) -> None:
         if self.settings.steps > 0:

@@ -30,7 +30,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path: Pa
         group["fused"], group["foreach"] = fused, foreach
         for p in group["params"]:
             saved = optimizer.state.get(p, {})
-            if torch.is_tensor(saved.get("step")):  # the fused kernel reads step counts on the device, others on the CPU
+            if torch.is_tensor(saved.get("step")):  # fused Adam reads step counts on the device, plain on the CPU
                 saved["step"] = saved["step"].to(p.device if fused else "cpu", torch.float32)
 
 

@@ -191,8 +191,8 @@ def score_distillation(ctx: StageContext, guidance: Guidance, state: dict | None
     """A ScoreDistillation on the shared prior, built with the job's speed options (prior.speed) and restored
     from `state` when given; the options' flags and module layout hold while inside (speed.applied). Its
     initialisation draws from `stage`'s estimator stream (the same in every process), and in a job over several
-    processes its gradients are averaged over them before each step. On exit the estimator comes off the shared UNet and every setting is back as it
-    was, for the next stage and the next job."""
+    processes its gradients are averaged over them before each step. On exit the estimator comes off the shared
+    UNet and every setting is back as it was, for the next stage and the next job."""
     options = speed.job_options(ctx.cfg.prior.speed, ctx.device)
     reduce = ctx.team.reduce_grads if ctx.team.size > 1 else None
     with speed.applied(ctx.prior, options):
