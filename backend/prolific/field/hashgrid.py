@@ -127,7 +127,8 @@ class _HashGridFunction(torch.autograd.Function):
 
     @staticmethod
     def chunk(x: torch.Tensor, n_levels: int) -> int:
-        elements = _HashGridFunction.CHUNK_ELEMENTS.get(x.device.type, 1 << 25)
+        sizes = _HashGridFunction.CHUNK_ELEMENTS
+        elements = sizes.get(x.device.type, sizes["cuda"])  # other accelerators launch kernels too
         return max(1, elements // (8 * n_levels))
 
     @staticmethod
