@@ -1,8 +1,10 @@
 """The toy world: shape SDFs, the sphere-tracing renderer, captions and split, the prior check's scoring."""
 from __future__ import annotations
 
+import pytest
 import torch
 
+from prolific.config import CameraConfig
 from prolific.render.cameras import cameras_from_angles
 from prolific.toy import check
 from prolific.toy.dataset import ToyData
@@ -124,3 +126,35 @@ def test_the_check_samples_what_an_exact_prior_knows_whatever_its_prediction_typ
                                     torch.Generator().manual_seed(0))
         assert abs(images.mean().item() - _ExactDenoiser.MEAN) < 0.02, prediction_type
         assert 0.5 * _ExactDenoiser.STD < images.std().item() < 1.5 * _ExactDenoiser.STD, prediction_type
+
+
+def test_oversized_objects_appear_only_under_the_empty_caption():
+    from prolific.toy import dataset
+
+    data = ToyData(image_size=16, supersample=1)
+    batch = data.sample(400, torch.Generator().manual_seed(5))
+    empty = torch.tensor([c == "" for c in batch.captions])
+    assert 5 <= int(empty.sum()) <= 40  # P_OVERSIZE of 400 is 20
+    near, far = CameraConfig.camera_distance
+    low, high = dataset.OVERSIZE_SCALE
+    distance = batch.cameras.distance
+    assert ((distance[~empty] >= near - 1e-4) & (distance[~empty] <= far + 1e-4)).all()  # captions: true size
+    assert ((distance[empty] >= near / high - 1e-4) & (distance[empty] <= far / low + 1e-4)).all()
+    fill = (batch.images.amin(1) < 0.9).float().mean((1, 2))
+    assert fill[empty].mean() > 2 * fill[~empty].mean()  # grown 1.3-2.2x: about 3x the area
+
+
+def test_size_probe_finds_the_prior_shrinking_an_object_twice_its_size():
+    from prolific.prior.diffusion import load_prior
+    from prolific.toy import size_probe
+
+    assert size_probe.balance_scale([0.5, 1.0, 2.0], [3.0, 1.0, -1.0]) == pytest.approx(2 ** 0.5)
+    assert size_probe.balance_scale([0.5, 1.0], [-1.0, -2.0]) == 0.5
+    assert size_probe.balance_scale([0.5, 1.0], [1.0, 2.0]) is None
+    prior = load_prior(None, torch.device("cpu"), torch.float32)
+    result = size_probe.probe(prior, "a red cube", scales=(1.0, 2.0), timesteps=(300, 500), guidances=(1.0,),
+                              views=4)
+    pulls = result["guidance"]["1.0"]["mean_pull"]
+    assert pulls[1] < 0 and pulls[1] < pulls[0], pulls  # the conditional prior alone pulls a 2x cube back
+    with pytest.raises(ValueError, match="naming a toy shape and colour"):
+        size_probe.probe(prior, "a red object", views=2)

@@ -92,8 +92,8 @@ def test_benchmark_runs_the_pipeline_and_reports_scores(tmp_path):
 
 
 def _part(prompt: str, guidance: str, iou: float, diversity: dict | None = None) -> dict:
-    row = {"prompt": prompt, "guidance": guidance, "silhouette_iou": iou, "volume_iou": iou / 2, "chamfer": 0.1,
-           "albedo_error": 0.05, "colour_ok": True}
+    row = {"prompt": prompt, "guidance": guidance, "seed": 0, "particle": 0, "silhouette_iou": iou,
+           "volume_iou": iou / 2, "chamfer": 0.1, "albedo_error": 0.05, "colour_ok": True}
     return {"benchmark": "quality", "model": "toy", "preset": "demo", "seed": 0, "prompts": [prompt],
             "summary": quality.summarise([row], [guidance]), "runs": [row], "diversity": diversity, "seconds": 10.0}
 
@@ -115,5 +115,23 @@ def test_reports_run_in_parts_merge_into_one_with_the_summary_recomputed(tmp_pat
     assert merged["diversity"]["sds"]["distinct_shapes"] == 2 and merged["seconds"] == 30.0
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**parts[0], "preset": "draft"}))
-    with pytest.raises(BadRequest, match="different model/preset/seed"):
+    with pytest.raises(BadRequest, match="different model/preset"):
         bench_quality.run(["--merge", str(paths[0]), str(other)])
+    with pytest.raises(BadRequest, match="same run"):
+        bench_quality.run(["--merge", str(paths[0]), str(paths[0])])
+
+
+def test_parts_of_several_seeds_merge_into_one_summary_over_every_run(tmp_path):
+    from prolific.bench import quality as bench_quality
+
+    seed1 = _part("a red cube", "vsd", 0.4)
+    seed1["seed"] = 1
+    seed1["runs"] = [{**row, "seed": 1} for row in seed1["runs"]]
+    paths = []
+    for k, part in enumerate([_part("a red cube", "vsd", 0.8), seed1]):
+        paths.append(tmp_path / f"part{k}.json")
+        paths[-1].write_text(json.dumps(part))
+    assert bench_quality.run(["--merge", *map(str, paths), "--json", str(tmp_path / "all.json")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged["seed"] == [0, 1] and len(merged["runs"]) == 2
+    assert merged["summary"]["vsd"]["silhouette_iou"] == pytest.approx(0.6)

@@ -230,18 +230,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # random solid background makes the object grow over it: with the references' 0.5 the green cone's silhouette
     # IoU falls from 0.38 to 0.21 (CPU, seed 0; bench_results/2026-12-01_cpu_quality_cube_sweep).
     "demo": {
-        # The paper's CFG 7.5 suits the 10k-step toy prior too: VSD silhouette IoU 0.46 at 7.5, 0.45 at 5, 0.35 at
-        # 2, and at 1 the NeRF fades away in 200 steps (bench_results/2026-12-01_h200_quality_cfg_sweep). Its view
-        # sectors are the ±45° it was trained with.
+        # The paper's CFG 7.5 suited the toy prior too (its 10k-step version: VSD silhouette IoU 0.46 at 7.5, 0.45 at
+        # 5, 0.35 at 2, and at 1 the NeRF fades away in 200 steps; bench_results/2026-12-01_h200_quality_cfg_sweep).
+        # Its view sectors are the ±45° it was trained with.
         "prior": {"front_half_width_deg": 45.0, "back_half_width_deg": 45.0},
         "hash_grid": {"hash_levels": 8, "hash_log2_size": 15, "hash_max_res": 256},
         "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "samples_per_ray": 32,
                  "occupancy_res": 32, "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
                  "checkpoint_every": 50, "preview_every": 20,
-                 # Sparsity 500, not threestudio's 10: at 10 every toy object outgrows its true size (the red cube
-                 # fills the frame); over the 4 quality prompts (CPU, seed 0) silhouette IoU 0.33 -> 0.60 and
-                 # Chamfer 0.22 -> 0.10, while 700 and 1000 shrink the green cone (IoU 0.83 at 500, 0.58, 0.20;
-                 # bench_results/2026-12-01_cpu_quality_cube_sweep).
+                 # Sparsity 500, not threestudio's 10: at 10 the toy objects outgrow their true size. With the
+                 # bundled prior, VSD over the 4 quality prompts x 3 seeds (H200) gave silhouette IoU / Chamfer
+                 # 0.488 / 0.073 at 500, 0.511 / 0.086 at 150, 0.497 / 0.099 at 50, 0.508 / 0.114 at 10 (2 seeds;
+                 # the cube fills the frame once at 50 and 10), and README's cone on the CPU 0.71 / 0.035 at 500,
+                 # 0.59 / 0.086 at 150 (bench_results/2026-12-01_h200_quality_prior13k).
                  "sparsity_weight": 500.0,
                  # Packed renderer, 96 steps: on the demo's trained red cube a 64 px render + backward evaluates
                  # 30k samples instead of the dense renderer's 121k and takes 0.79 s of CPU instead of 2.14 s

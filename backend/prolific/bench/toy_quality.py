@@ -234,12 +234,17 @@ def summarise(rows: list[dict], guidances: Sequence[str]) -> dict:
 
 
 def merge_reports(reports: Sequence[dict]) -> dict:
-    """One report from reports of the same benchmark run in parts (e.g. one process per prompt on one GPU): their
-    runs and diversity studies together, the summary recomputed. Parts must share model, preset and seed."""
-    keys = {(r["model"], r["preset"], r["seed"]) for r in reports}
+    """One report from reports of the same benchmark run in parts (e.g. one process per prompt and seed on one GPU):
+    their runs and diversity studies together, the summary recomputed over every run. Parts must share model and
+    preset; parts of several seeds give `seed` as the list of them."""
+    keys = {(r["model"], r["preset"]) for r in reports}
     if len(keys) != 1:
-        raise ValueError(f"Cannot merge quality reports of different model/preset/seed: {sorted(keys)}.")
+        raise ValueError(f"Cannot merge quality reports of different model/preset: {sorted(keys)}.")
     rows = [row for r in reports for row in r["runs"]]
+    runs = [(row["prompt"], row["guidance"], row["seed"], row["particle"]) for row in rows]
+    if len(set(runs)) != len(runs):
+        raise ValueError("Two parts hold the same run (prompt, guidance, seed, particle).")
+    seeds = sorted({s for r in reports for s in (r["seed"] if isinstance(r["seed"], list) else [r["seed"]])})
     guidances = list(dict.fromkeys(row["guidance"] for row in rows))
     diversity: dict = {}
     for r in reports:
@@ -248,7 +253,8 @@ def merge_reports(reports: Sequence[dict]) -> dict:
                 raise ValueError(f"Two parts hold the {key} diversity study.")
             diversity[key] = value
     first = reports[0]
-    return {**first, "prompts": list(dict.fromkeys(p for r in reports for p in r["prompts"])),
+    return {**first, "seed": seeds[0] if len(seeds) == 1 else seeds,
+            "prompts": list(dict.fromkeys(p for r in reports for p in r["prompts"])),
             "summary": summarise(rows, guidances), "runs": rows, "diversity": diversity or None,
             "seconds": round(sum(r["seconds"] for r in reports), 1), "parts": len(reports)}
 

@@ -5,6 +5,12 @@ Captions look like what the backend sends the prior: "a red cube" plus the view 
 only the shape ("a cube", any colour). Lighting varies like stage 1's lambertian renders (a light near the
 camera, random ambient), and some images are flat albedo like its albedo renders.
 
+A few images show an object larger than life (seen from closer) under the empty caption only. Classifier-free
+guidance pushes a render toward what the caption explains better than the empty one does; when the empty caption
+alone has seen oversized objects, "too big" is something the caption explains badly, so guidance pulls an object
+back to its size. Without them guidance at the paper's scale grew every object and the cube the most: filling
+the frame was what set "a red cube" furthest from the average object (`python -m prolific.toy.size_probe`).
+
 `python -m prolific.toy.dataset --out samples.png` writes a grid of samples (captions beside it) to look at.
 """
 from __future__ import annotations
@@ -19,7 +25,7 @@ from PIL import Image
 
 from ..config import CameraConfig
 from ..prior.prompts import VIEW_SUFFIXES, ViewSectors
-from ..render.cameras import Cameras, sample_cameras, sample_light_dirs
+from ..render.cameras import Cameras, cameras_from_angles, sample_cameras, sample_light_dirs
 from .render import render
 from .shapes import OBJECT_WORD, PALETTE, caption, training_pairs
 
@@ -28,6 +34,8 @@ P_SHAPE_ONLY = 0.05  # "a cube"
 P_NO_SUFFIX = 0.15  # prompts without the view suffix (view_dependent_prompt off)
 P_FLAT = 0.15  # flat albedo instead of lambertian shading
 ALBEDO_JITTER = 0.03
+P_OVERSIZE = 0.05  # larger-than-life objects with the empty caption: a third of the uncaptioned images in training
+OVERSIZE_SCALE = (1.3, 2.2)  # their scale; 2.2 keeps the nearest camera (1.0/2.2) outside every object (radius 0.4)
 # The view sectors of the captions (front/back within ±45° of azimuth 0/180, overhead above 60°): what the bundled
 # prior was trained with, so the demo preset asks it with the same ones.
 CAPTION_SECTORS_DEG = (45.0, 45.0, 60.0)
@@ -64,13 +72,22 @@ class ToyData:
         albedo = torch.tensor([PALETTE[c] for c in colours], device=g_device)
         albedo = (albedo + ALBEDO_JITTER * (2 * rand(n, 3) - 1)).clamp(0, 1)
         cameras = sample_cameras(n, self.cameras, generator, g_device)
+        low, high = OVERSIZE_SCALE
+        oversize = rand(n) < P_OVERSIZE
+        # A camera nearer by the scale sees exactly the object grown by it about the origin.
+        scale = torch.where(oversize, low + (high - low) * rand(n), torch.ones(n, device=g_device))
+        cameras = cameras_from_angles(cameras.elevation, cameras.azimuth, cameras.distance / scale,
+                                      torch.rad2deg(cameras.fov_y))
         light = sample_light_dirs(cameras, generator)
         ambient = 0.3 + 0.25 * rand(n)
         shaded = rand(n) >= P_FLAT
         kind, suffix = rand(n).tolist(), rand(n).tolist()
         captions = []
         directions = ViewSectors(*CAPTION_SECTORS_DEG).directions(cameras)
-        for s, c, k, u, d in zip(shapes, colours, kind, suffix, directions):
+        for s, c, k, u, d, big in zip(shapes, colours, kind, suffix, directions, oversize.tolist()):
+            if big:
+                captions.append("")
+                continue
             if k < P_COLOUR_ONLY:
                 text = caption(OBJECT_WORD, c)
             elif k < P_COLOUR_ONLY + P_SHAPE_ONLY:
