@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from prolific.config import make_config
+from prolific.config import CameraConfig, make_config
 from prolific.prior.prompts import ViewSectors
 from prolific.render.cameras import cameras_from_angles, orbit_cameras, sample_cameras, sample_light_dirs
 
@@ -136,3 +136,16 @@ def test_turntables_look_from_the_middle_of_the_training_cameras():
     assert torch.allclose(cams.distance, torch.full((8,), sum(cfg.camera_distance) / 2))
     assert torch.allclose(torch.rad2deg(cams.fov_y), torch.full((8,), sum(cfg.fov_deg) / 2))
     assert torch.allclose(cams.elevation, torch.full((8,), 15.0)) and cams.azimuth[0].item() == 0.0
+
+
+def test_nearer_cameras_see_the_scene_grown_about_the_origin():
+    cams = sample_cameras(3, CameraConfig(), torch.Generator().manual_seed(2))
+    near = cams.nearer(torch.tensor([1.0, 2.0, 1.5]))
+    origins, dirs = cams.rays(4, 4)
+    near_origins, near_dirs = near.rays(4, 4)
+    # A ray of the nearer camera is its twin scaled down: it meets a point p where the original meets p * factor.
+    factor = torch.tensor([1.0, 2.0, 1.5]).view(3, 1, 1, 1)
+    assert torch.allclose(near_origins, origins / factor) and torch.allclose(near_dirs, dirs)
+    assert torch.allclose(near.distance, cams.distance / factor.flatten())
+    assert torch.allclose(near.position.norm(dim=-1), near.distance)
+    assert torch.equal(cams.nearer(2.0).distance, cams.distance / 2)

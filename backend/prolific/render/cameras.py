@@ -53,6 +53,13 @@ class Cameras:
         return Cameras(self.c2w.to(device), self.fov_y.to(device), self.elevation.to(device),
                        self.azimuth.to(device), self.distance.to(device))
 
+    def nearer(self, factor: torch.Tensor | float) -> "Cameras":
+        """The same cameras at distance / factor ([B] or a number): each sees the scene grown by it about the origin."""
+        factor = torch.as_tensor(factor, dtype=self.c2w.dtype, device=self.device).expand(len(self))
+        c2w = self.c2w.clone()
+        c2w[:, :3, 3] /= factor[:, None]
+        return Cameras(c2w, self.fov_y, self.elevation, self.azimuth, self.distance / factor)
+
     def rays(self, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
         """World-space rays through pixel centres: origins [B,H,W,3], unit directions [B,H,W,3].
 

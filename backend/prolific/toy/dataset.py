@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..config import CameraConfig
 from ..prior.prompts import VIEW_SUFFIXES, ViewSectors
-from ..render.cameras import Cameras, cameras_from_angles, sample_cameras, sample_light_dirs
+from ..render.cameras import Cameras, sample_cameras, sample_light_dirs
 from .render import render
 from .shapes import OBJECT_WORD, PALETTE, caption, training_pairs
 
@@ -74,10 +74,7 @@ class ToyData:
         cameras = sample_cameras(n, self.cameras, generator, g_device)
         low, high = OVERSIZE_SCALE
         oversize = rand(n) < P_OVERSIZE
-        # A camera nearer by the scale sees exactly the object grown by it about the origin.
-        scale = torch.where(oversize, low + (high - low) * rand(n), torch.ones(n, device=g_device))
-        cameras = cameras_from_angles(cameras.elevation, cameras.azimuth, cameras.distance / scale,
-                                      torch.rad2deg(cameras.fov_y))
+        cameras = cameras.nearer(torch.where(oversize, low + (high - low) * rand(n), torch.ones(n, device=g_device)))
         light = sample_light_dirs(cameras, generator)
         ambient = 0.3 + 0.25 * rand(n)
         shaded = rand(n) >= P_FLAT

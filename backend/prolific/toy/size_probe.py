@@ -20,7 +20,7 @@ import torch
 
 from ..config import CameraConfig
 from ..prior.prompts import ViewSectors
-from ..render.cameras import cameras_from_angles, sample_cameras
+from ..render.cameras import sample_cameras
 from .dataset import CAPTION_SECTORS_DEG
 from .render import render
 from .shapes import PALETTE, parse_caption
@@ -54,13 +54,12 @@ def probe(prior, prompt: str, scales: Sequence[float] = SCALES, timesteps: Seque
     size = 64  # the toy prior's size; encode_images resizes for any other model
     cams = sample_cameras(views, CameraConfig(), torch.Generator().manual_seed(seed))
     directions = ViewSectors(*CAPTION_SECTORS_DEG).directions(cams)
-    fov = torch.rad2deg(cams.fov_y)
+    cams = cams.to(device)
     albedo = torch.tensor([PALETTE[colour]] * views, device=device)
     flat = torch.zeros(views, dtype=torch.bool, device=device)
 
     def image(s: float) -> torch.Tensor:
-        grown = cameras_from_angles(cams.elevation, cams.azimuth, cams.distance / s, fov).to(device)
-        rgb = render([shape] * views, albedo, grown, size, size, shaded=flat, supersample=2)["rgb"]
+        rgb = render([shape] * views, albedo, cams.nearer(s), size, size, shaded=flat, supersample=2)["rgb"]
         return prior.encode_images(rgb)
 
     cond, uncond = prior.embed_prompt(prompt).get(directions)
