@@ -158,3 +158,12 @@ def test_size_probe_finds_the_prior_shrinking_an_object_twice_its_size():
     assert pulls[1] < 0 and pulls[1] < pulls[0], pulls  # the conditional prior alone pulls a 2x cube back
     with pytest.raises(ValueError, match="naming a toy shape and colour"):
         size_probe.probe(prior, "a red object", views=2)
+
+
+def test_size_probe_command_refuses_a_prompt_without_shape_and_colour_before_loading_anything(capsys):
+    from prolific.toy import size_probe
+
+    with pytest.raises(SystemExit) as exit_info:
+        size_probe.main(["--prompts", "a red cube;a red object"])
+    assert exit_info.value.code == 2
+    assert "must name a toy shape and colour" in capsys.readouterr().err

@@ -100,13 +100,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    prompts = [p.strip() for p in args.prompts.split(";") if p.strip()]
+    unusable = [p for p in prompts if None in parse_caption(p)]
+    if not prompts:
+        parser.error("--prompts is empty")
+    if unusable:
+        parser.error(f"each prompt must name a toy shape and colour (e.g. \"a red cube\"), not {unusable}")
     from ..prior.diffusion import load_prior
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     prior = load_prior(args.model, device, torch.float32)
     guidances = [float(g) for g in args.guidances.split(",")]
     report = {"model": args.model or "bundled toy prior", "seed": args.seed, "prompts": []}
-    for prompt in [p.strip() for p in args.prompts.split(";") if p.strip()]:
+    for prompt in prompts:
         result = probe(prior, prompt, guidances=guidances, views=args.views, seed=args.seed)
         report["prompts"].append(result)
         balances = ", ".join(f"CFG {g}: " + (f"{v['balance']:.2f}" if v["balance"] else f"> {result['scales'][-1]}")
