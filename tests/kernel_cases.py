@@ -49,10 +49,19 @@ def _pair(args, seed=0):
     return ref, fused
 
 
-def _points(n):
-    x = torch.rand(n, 3, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    x[0], x[1], x[2] = 0.0, 1.0, torch.tensor([1.0, 0.0, 0.5])  # the cube's faces and corners
-    return x
+def _points(n, layout="uniform"):
+    """Points in [0,1]^3: uniform, or `rays` (ray by ray in small steps, as a render's samples come, so runs
+    of consecutive points share a coarse cell and the backward merges them), with the cube's faces and corners."""
+    gen = torch.Generator().manual_seed(1)
+    if layout == "uniform":
+        x = torch.rand(n, 3, generator=gen)
+    else:
+        per_ray = 40
+        origin = torch.rand(-(-n // per_ray), 1, 3, generator=gen)
+        step = (torch.rand(origin.shape, generator=gen) - 0.5) * 0.02
+        x = (origin + step * torch.arange(per_ray)[:, None]).reshape(-1, 3)[:n].clamp(0, 1)
+    x[0], x[1], x[2] = 0.0, 1.0, torch.tensor([1.0, 0.0, 0.5])
+    return x.to(DEVICE)
 
 
 @pytest.mark.parametrize("args", GRIDS)
@@ -69,9 +78,13 @@ def test_hashgrid_forward_matches_torch(args):
 
 @pytest.mark.parametrize("args", GRIDS)
 @pytest.mark.parametrize("with_points", [False, True])
-def test_hashgrid_gradients_match_torch(args, with_points):
+@pytest.mark.parametrize("layout", ["uniform", "rays"])
+def test_hashgrid_gradients_match_torch(args, with_points, layout):
     ref, fused = _pair(args)
-    x = _points(N_POINTS)
+    x = _points(N_POINTS, layout)
+    if layout == "rays":  # most consecutive points share a coarsest cell: the backward's merged sums run
+        cells = (x * fused.resolutions[0]).floor()
+        assert float((cells[1:] == cells[:-1]).all(1).float().mean()) > 0.5
     g = torch.randn(N_POINTS, ref.out_dim, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     grads = []
     for grid in (ref, fused):

@@ -139,6 +139,19 @@ def test_hashgrid_bench_times_forward_and_both_backwards(capsys, tmp_path):
         assert all(entry[mode] > 0 for mode in ("forward", "forward_backward_table", "forward_backward_table_points"))
 
 
+def test_hashgrid_bench_rays_layout_orders_points_as_a_render_does(capsys):
+    from prolific.bench.hashgrid import SAMPLES_PER_RAY, STEP, bench_points
+
+    x = bench_points(1000, "rays", torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert x.shape == (1000, 3) and float(x.min()) >= 0 and float(x.max()) <= 1
+    gaps = (x[1:] - x[:-1]).norm(dim=1)
+    within_ray = torch.arange(1, 1000) % SAMPLES_PER_RAY != 0
+    assert float((gaps[within_ray] <= STEP * 1.001).float().mean()) > 0.9  # a step apart but where clamped
+    code, result = _bench(capsys, "hashgrid", "--points", "2K", "--preset", "test", "--steps", "1", "--warmup",
+                          "0", "--layout", "rays", "--device", "cpu")
+    assert code == 0 and result["layout"] == "rays"
+
+
 def test_bench_render_and_hashgrid_reject_bad_arguments(capsys):
     assert main(["bench", "hashgrid", "--points", "many"]) == 2
     assert "error: --points" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 The grid is the standard preset's (16 levels × 2 features, 2^19 table, resolutions 16 → 2048) unless --preset
 names another; points are uniform in the unit cube. Timed: forward without gradients, forward + backward to the
-table, forward + backward to table and points (ms, median of --steps after --warmup).
+table, forward + backward to table and points (ms, median of --steps after --warmup). `--layout rays` orders
+the points as a render's samples come instead: ray by ray, one march step (√3/512 of the unit cube) apart, so
+runs of consecutive points share coarse cells, the case the Triton backward merges before its atomics.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from . import common
 
 GPU_POINTS = "1M,4M"
 MODES = ("forward", "forward_backward_table", "forward_backward_table_points")
+LAYOUTS = ("uniform", "rays")
+SAMPLES_PER_RAY = 64  # the `rays` layout: a ray's stretch through the object, one march step apart
+STEP = 3 ** 0.5 / 512  # the standard preset's march step in unit-cube coordinates (512 over the diagonal)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--impl", default=None,
                         help="comma-separated implementations: torch, triton, tcnn (default: all that run here)")
     parser.add_argument("--preset", default="standard", help="config preset whose hash grid is timed")
+    parser.add_argument("--layout", choices=LAYOUTS, default="uniform",
+                        help="uniform random points, or rays (ray by ray in march steps, as a render's samples)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -58,6 +65,18 @@ def default_impls(device: torch.device) -> list[str]:
             if ok]
 
 
+def bench_points(n: int, layout: str, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n points [n,3] in the unit cube: uniform, or ray by ray (random rays from inside the cube, SAMPLES_PER_RAY
+    samples each, clamped to the cube)."""
+    if layout == "uniform":
+        return torch.rand(n, 3, device=device, generator=generator)
+    rays = -(-n // SAMPLES_PER_RAY)
+    origin = torch.rand(rays, 1, 3, device=device, generator=generator)
+    direction = torch.nn.functional.normalize(torch.randn(rays, 1, 3, device=device, generator=generator), dim=-1)
+    steps = torch.arange(SAMPLES_PER_RAY, device=device, dtype=torch.float32)[:, None] * STEP
+    return (origin + direction * steps).reshape(-1, 3)[:n].clamp(0.0, 1.0).contiguous()
+
+
 def time_ms(fn, device: torch.device, steps: int, warmup: int) -> float:
     times = []
     for i in range(warmup + steps):
@@ -81,7 +100,7 @@ def measure(impl: str, gcfg, device: torch.device, points: list[int], args) -> d
         common.free_memory(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        x = torch.rand(n, 3, device=device, generator=torch.Generator(device).manual_seed(args.seed))
+        x = bench_points(n, args.layout, torch.Generator(device).manual_seed(args.seed), device)
         g = torch.randn(n, grid.out_dim, device=device)
         xg = x.clone().requires_grad_()
 
@@ -116,7 +135,7 @@ def run(argv: list[str]) -> dict:
     points = parse_points(args.points or (GPU_POINTS if device.type == "cuda" else "64K"))
     impls = [s.strip() for s in args.impl.split(",") if s.strip()] if args.impl else default_impls(device)
     result = {"bench": "hashgrid", **common.environment(device), "preset": args.preset,
-              "grid": {"levels": gcfg.hash_levels, "features": gcfg.hash_features, "log2_size": gcfg.hash_log2_size,
+              "layout": args.layout, "grid": {"levels": gcfg.hash_levels, "features": gcfg.hash_features, "log2_size": gcfg.hash_log2_size,
                        "base_res": gcfg.hash_base_res, "max_res": gcfg.hash_max_res},
               "steps": args.steps, "warmup": args.warmup, "results": []}
     for impl in impls:

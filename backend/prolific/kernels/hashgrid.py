@@ -6,13 +6,19 @@ One program takes BLOCK points through one level, and the launch grid runs level
 gridencoder does: the GPU works on one level's slice of the table at a time (2^19 rows × F features, a few MB),
 which stays in L2, where taking every level at once (64 MB for the standard grid) would miss it on most
 gathers. Features and their gradients are laid out level-major [L, N, F] inside, so each level's reads and
-writes are contiguous; the one transposition to [N, L·F] is a plain copy. The 8 corners' rows are
-computed in registers (dense index or the spatial hash, exactly as `TorchHashGrid.corners`; in uint32, which
-wraps mod 2^32 and so agrees with its int64 products once masked to the table), their features gathered and
-blended. Backward recomputes the corners: the table's gradient is scattered with relaxed fp32 atomic adds (the
-table is stored in fp32: Adam's updates of 1e-2·lr scale vanish in fp16/bf16, and so would small gradient sums
-accumulated in them), and the points' gradient, only when a caller asks for it, is the derivative of the
-trilinear weights, summed over levels with atomic adds.
+writes are contiguous; the one transposition to [N, L·F] is a plain copy. Each thread owns a point: its 8
+corners' rows are computed once in registers (dense index or the spatial hash, exactly as
+`TorchHashGrid.corners`; in uint32, which wraps mod 2^32 and so agrees with its int64 products once masked to
+the table). With the standard 2 features a row is one 8-byte word, fetched (and its gradient stored) in one
+access, as `gather_rows` does on a CPU; other feature counts go feature by feature.
+
+Backward recomputes the corners. The table's gradient is scattered with relaxed fp32 atomic adds (the table is
+stored in fp32: Adam's updates of 1e-2·lr scale vanish in fp16/bf16, and so would small gradient sums
+accumulated in them), two features at once where the GPU has vector atomics (sm_90). A render's samples come
+ray by ray, so on coarse levels runs of consecutive points share a cell, and every one of them adding to the
+same 8 rows serialises on those addresses: a segmented sum over each run first leaves one atomic add per run
+and corner. The points' gradient, only when a caller asks for it, is the derivative of the trilinear weights,
+written per level and summed over levels afterwards.
 """
 from __future__ import annotations
 
@@ -22,109 +28,205 @@ import triton.language as tl
 
 
 BLOCK = 128
-# Warps per program, the fastest of a BLOCK 64-512 × 1-8 warps sweep of the kernels alone at 4M points on an
-# H200 (a throwaway script; `prolific bench hashgrid` with them: bench_results/2026-12-01_h200_hashgrid.json).
-FORWARD_WARPS, BACKWARD_WARPS = 8, 4
+FORWARD_WARPS, BACKWARD_WARPS = 4, 4  # one point per thread
+# Levels this coarse or coarser merge runs of points in one cell before their atomics: at 512 px neighbouring
+# samples of a ray are ~1/300 of the cube apart, so finer cells rarely hold two in a row.
+MERGE_MAX_RES = 512
 
 
 @triton.jit
-def _load_block(x_ptr, n, n_levels, F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's level, point indices and mask, the feature lanes and their mask, and the points'
-    coordinates."""
-    level = tl.program_id(1)
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = idx < n
-    feat = tl.arange(0, FP)
-    m2 = m[:, None] & (feat[None, :] < F)
-    x0 = tl.load(x_ptr + idx * 3, mask=m, other=0.0)
-    x1 = tl.load(x_ptr + idx * 3 + 1, mask=m, other=0.0)
-    x2 = tl.load(x_ptr + idx * 3 + 2, mask=m, other=0.0)
-    return level, idx, m, feat, m2, x0, x1, x2
-
-
-@triton.jit
-def _level_setup(x0, x1, x2, res_ptr, level):
-    res = tl.load(res_ptr + level)
+def _cell(x_ptr, idx, m, res):
+    """Cell (b0, b1, b2) of points idx at `res` cells per axis (x = 1 lies in the last one) and the fractions."""
     resf = res.to(tl.float32)
-    p0, p1, p2 = resf * x0, resf * x1, resf * x2
+    p0 = resf * tl.load(x_ptr + idx * 3, mask=m, other=0.0)
+    p1 = resf * tl.load(x_ptr + idx * 3 + 1, mask=m, other=0.0)
+    p2 = resf * tl.load(x_ptr + idx * 3 + 2, mask=m, other=0.0)
     b0 = tl.minimum(tl.floor(p0).to(tl.int32), res - 1)
     b1 = tl.minimum(tl.floor(p1).to(tl.int32), res - 1)
     b2 = tl.minimum(tl.floor(p2).to(tl.int32), res - 1)
-    return b0, b1, b2, p0 - b0.to(tl.float32), p1 - b1.to(tl.float32), p2 - b2.to(tl.float32), resf
+    return b0, b1, b2, p0 - b0.to(tl.float32), p1 - b1.to(tl.float32), p2 - b2.to(tl.float32)
 
 
 @triton.jit
-def _corner_row(b0, b1, b2, cx: tl.constexpr, cy: tl.constexpr, cz: tl.constexpr, mult_ptr, off_ptr, level,
-                is_dense, table_mask):
-    m0 = tl.load(mult_ptr + level * 3).to(tl.uint32)
-    m1 = tl.load(mult_ptr + level * 3 + 1).to(tl.uint32)
-    m2 = tl.load(mult_ptr + level * 3 + 2).to(tl.uint32)
-    t0 = ((b0 + cx).to(tl.uint32) * m0) & table_mask
-    t1 = ((b1 + cy).to(tl.uint32) * m1) & table_mask
-    t2 = ((b2 + cz).to(tl.uint32) * m2) & table_mask
-    row = tl.where(is_dense, t0 + t1 + t2, t0 ^ t1 ^ t2)
-    return row.to(tl.int32) + tl.load(off_ptr + level)
+def _axis(b, mult_ptr, axis, table_mask):
+    """One axis' lower and upper vertex coordinate times the level's multiplier, masked to the table."""
+    mult = tl.load(mult_ptr + axis).to(tl.uint32)
+    return (b.to(tl.uint32) * mult) & table_mask, ((b + 1).to(tl.uint32) * mult) & table_mask
 
 
 @triton.jit
-def _corner(c: tl.constexpr, b0, b1, b2, f0, f1, f2, mult_ptr, off_ptr, level, is_dense, table_mask):
-    """Corner c (0-7, bits x y z) of each point's cell: its three trilinear weight factors and its table row."""
-    cx: tl.constexpr = (c >> 2) & 1
-    cy: tl.constexpr = (c >> 1) & 1
-    cz: tl.constexpr = c & 1
-    wx = f0 if cx == 1 else 1 - f0
-    wy = f1 if cy == 1 else 1 - f1
-    wz = f2 if cz == 1 else 1 - f2
-    row = _corner_row(b0, b1, b2, cx, cy, cz, mult_ptr, off_ptr, level, is_dense, table_mask)
-    return wx, wy, wz, row
+def _corner(c: tl.constexpr, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset):
+    """Corner c (0-7, bits x y z) of each point's cell: its trilinear weight factors and its table row."""
+    wx = f0 if (c >> 2) & 1 == 1 else 1 - f0
+    wy = f1 if (c >> 1) & 1 == 1 else 1 - f1
+    wz = f2 if c & 1 == 1 else 1 - f2
+    tx = x_hi if (c >> 2) & 1 == 1 else x_lo
+    ty = y_hi if (c >> 1) & 1 == 1 else y_lo
+    tz = z_hi if c & 1 == 1 else z_lo
+    row = tl.where(is_dense, tx + ty + tz, tx ^ ty ^ tz)
+    return wx, wy, wz, row.to(tl.int32) + offset
 
 
 @triton.jit
-def _hashgrid_fwd(x_ptr, params_ptr, out_ptr, res_ptr, mult_ptr, off_ptr, n, n_levels, n_dense, table_mask,
-                  F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
-    level, idx, m, feat, m2, x0, x1, x2 = _load_block(x_ptr, n, n_levels, F, FP, BLOCK)
+def _low(word):
+    return word.to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _high(word):
+    return (word >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _word(a, b):
+    """Two fp32 values as one 8-byte word, a in the low half (the layout of a row of 2 features)."""
+    return (a.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF) | (b.to(tl.int32, bitcast=True).to(tl.int64) << 32)
+
+
+@triton.jit
+def _setup(x_ptr, res_ptr, mult_ptr, off_ptr, n, n_dense, table_mask, BLOCK: tl.constexpr):
+    level = tl.program_id(1)
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = idx < n
+    res = tl.load(res_ptr + level)
+    b0, b1, b2, f0, f1, f2 = _cell(x_ptr, idx, m, res)
     mask_u = table_mask.to(tl.uint32)
-    b0, b1, b2, f0, f1, f2, resf = _level_setup(x0, x1, x2, res_ptr, level)
-    is_dense = level < n_dense
-    acc = tl.zeros([BLOCK, FP], dtype=tl.float32)
-    for c in tl.static_range(8):
-        wx, wy, wz, row = _corner(c, b0, b1, b2, f0, f1, f2, mult_ptr, off_ptr, level, is_dense, mask_u)
-        vals = tl.load(params_ptr + row[:, None] * F + feat[None, :], mask=m2, other=0.0)
-        acc += (wx * wy * wz)[:, None] * vals
-    tl.store(out_ptr + (level.to(tl.int64) * n + idx[:, None]) * F + feat[None, :], acc, mask=m2)
+    x_lo, x_hi = _axis(b0, mult_ptr, level * 3, mask_u)
+    y_lo, y_hi = _axis(b1, mult_ptr, level * 3 + 1, mask_u)
+    z_lo, z_hi = _axis(b2, mult_ptr, level * 3 + 2, mask_u)
+    return (level, idx, m, res, b0, b1, b2, f0, f1, f2, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, level < n_dense,
+            tl.load(off_ptr + level))
+
+
+@triton.jit
+def _hashgrid_fwd(x_ptr, params_ptr, out_ptr, res_ptr, mult_ptr, off_ptr, n, n_dense, table_mask,
+                  F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
+    (level, idx, m, res, b0, b1, b2, f0, f1, f2, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, is_dense,
+     offset) = _setup(x_ptr, res_ptr, mult_ptr, off_ptr, n, n_dense, table_mask, BLOCK)
+    at = level.to(tl.int64) * n + idx
+    if F == 2:  # params_ptr and out_ptr are the tables viewed as 8-byte words
+        a0 = tl.zeros([BLOCK], dtype=tl.float32)
+        a1 = tl.zeros([BLOCK], dtype=tl.float32)
+        for c in tl.static_range(8):
+            wx, wy, wz, row = _corner(c, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset)
+            word = tl.load(params_ptr + row, mask=m, other=0)
+            w = wx * wy * wz
+            a0 += w * _low(word)
+            a1 += w * _high(word)
+        tl.store(out_ptr + at, _word(a0, a1), mask=m)
+    else:
+        feat = tl.arange(0, FP)
+        m2 = m[:, None] & (feat[None, :] < F)
+        acc = tl.zeros([BLOCK, FP], dtype=tl.float32)
+        for c in tl.static_range(8):
+            wx, wy, wz, row = _corner(c, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset)
+            vals = tl.load(params_ptr + row[:, None] * F + feat[None, :], mask=m2, other=0.0)
+            acc += (wx * wy * wz)[:, None] * vals
+        tl.store(out_ptr + at[:, None] * F + feat[None, :], acc, mask=m2)
+
+
+@triton.jit
+def _segment_sum(start_a, a0, a1, start_b, b0, b1):
+    """Combine of a segmented inclusive sum: a run restarts where an element starts one."""
+    return start_a | start_b, tl.where(start_b != 0, b0, a0 + b0), tl.where(start_b != 0, b1, a1 + b1)
+
+
+@triton.jit
+def _runs(x_ptr, idx, m, n, res, b0, b1, b2, BLOCK: tl.constexpr):
+    """Runs of consecutive points of this block in the same cell: whether each point starts one (int32) and
+    whether it ends one."""
+    lane = tl.arange(0, BLOCK)
+    p0, p1, p2, _, _, _ = _cell(x_ptr, idx - 1, m & (idx > 0), res)
+    q0, q1, q2, _, _, _ = _cell(x_ptr, idx + 1, idx + 1 < n, res)
+    start = (lane == 0) | (p0 != b0) | (p1 != b1) | (p2 != b2)
+    end = (lane == BLOCK - 1) | (idx + 1 >= n) | (q0 != b0) | (q1 != b1) | (q2 != b2)
+    return start.to(tl.int32), end
+
+
+@triton.jit
+def _add_pair(ptr, a, b, mask, VECTOR: tl.constexpr):
+    """a and b added atomically to ptr[0] and ptr[1] (relaxed, where mask): one vector atomic on sm_90."""
+    if VECTOR:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $4, 0; @p red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3}; "
+            "mov.b32 $0, 0; }", "=r,l,f,f,r", [ptr.to(tl.int64), a, b, mask.to(tl.int32)], dtype=tl.int32,
+            is_pure=False,
+            pack=1)
+    else:
+        tl.atomic_add(ptr, a, mask=mask, sem="relaxed")
+        tl.atomic_add(ptr + 1, b, mask=mask, sem="relaxed")
 
 
 @triton.jit
 def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, res_ptr, mult_ptr, off_ptr, n,
-                  n_levels, n_dense, table_mask, F: tl.constexpr, FP: tl.constexpr, WANT_PARAMS: tl.constexpr,
-                  WANT_X: tl.constexpr, BLOCK: tl.constexpr):
-    level, idx, m, feat, m2, x0, x1, x2 = _load_block(x_ptr, n, n_levels, F, FP, BLOCK)
-    mask_u = table_mask.to(tl.uint32)
+                  n_dense, n_merge, table_mask, F: tl.constexpr, FP: tl.constexpr, WANT_PARAMS: tl.constexpr,
+                  WANT_X: tl.constexpr, VECTOR: tl.constexpr, BLOCK: tl.constexpr):
+    (level, idx, m, res, b0, b1, b2, f0, f1, f2, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, is_dense,
+     offset) = _setup(x_ptr, res_ptr, mult_ptr, off_ptr, n, n_dense, table_mask, BLOCK)
+    at = level.to(tl.int64) * n + idx
+    resf = res.to(tl.float32)
     gx0 = tl.zeros([BLOCK], dtype=tl.float32)
     gx1 = tl.zeros([BLOCK], dtype=tl.float32)
     gx2 = tl.zeros([BLOCK], dtype=tl.float32)
-    b0, b1, b2, f0, f1, f2, resf = _level_setup(x0, x1, x2, res_ptr, level)
-    is_dense = level < n_dense
-    g = tl.load(grad_out_ptr + (level.to(tl.int64) * n + idx[:, None]) * F + feat[None, :], mask=m2, other=0.0)
-    for c in tl.static_range(8):
-        wx, wy, wz, row = _corner(c, b0, b1, b2, f0, f1, f2, mult_ptr, off_ptr, level, is_dense, mask_u)
-        ptr = row[:, None] * F + feat[None, :]
-        if WANT_PARAMS:
-            tl.atomic_add(grad_params_ptr + ptr, (wx * wy * wz)[:, None] * g, mask=m2, sem="relaxed")
-        if WANT_X:
-            per_corner = tl.sum(g * tl.load(params_ptr + ptr, mask=m2, other=0.0), axis=1) * resf
-            # d(weight)/dx of the corner: +1 or -1 (its x bit) times the other two factors; likewise y, z.
-            gx0 += (2 * ((c >> 2) & 1) - 1) * (wy * wz) * per_corner
-            gx1 += (2 * ((c >> 1) & 1) - 1) * (wx * wz) * per_corner
-            gx2 += (2 * (c & 1) - 1) * (wx * wy) * per_corner
-    if WANT_X:
-        tl.atomic_add(grad_x_ptr + idx * 3, gx0, mask=m, sem="relaxed")
-        tl.atomic_add(grad_x_ptr + idx * 3 + 1, gx1, mask=m, sem="relaxed")
-        tl.atomic_add(grad_x_ptr + idx * 3 + 2, gx2, mask=m, sem="relaxed")
+    merge = level < n_merge
+    start = tl.zeros([BLOCK], dtype=tl.int32)
+    keep = m
+    if WANT_PARAMS:
+        if merge:
+            start, end = _runs(x_ptr, idx, m, n, res, b0, b1, b2, BLOCK)
+            keep = m & end
+    if F == 2:  # params_ptr and grad_out_ptr are viewed as 8-byte words; grad_params_ptr is fp32
+        g = tl.load(grad_out_ptr + at, mask=m, other=0)
+        g0, g1 = _low(g), _high(g)
+        for c in tl.static_range(8):
+            wx, wy, wz, row = _corner(c, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset)
+            if WANT_PARAMS:
+                w = wx * wy * wz
+                d0, d1 = w * g0, w * g1
+                if merge:
+                    summed = tl.associative_scan((start, d0, d1), 0, _segment_sum)
+                    d0, d1 = summed[1], summed[2]
+                _add_pair(grad_params_ptr + row * 2, d0, d1, keep, VECTOR)
+            if WANT_X:
+                word = tl.load(params_ptr + row, mask=m, other=0)
+                per_corner = (g0 * _low(word) + g1 * _high(word)) * resf
+                # d(weight)/dx of the corner: +1 or -1 (its x bit) times the other two factors; likewise y, z.
+                gx0 += (2 * ((c >> 2) & 1) - 1) * (wy * wz) * per_corner
+                gx1 += (2 * ((c >> 1) & 1) - 1) * (wx * wz) * per_corner
+                gx2 += (2 * (c & 1) - 1) * (wx * wy) * per_corner
+    else:
+        feat = tl.arange(0, FP)
+        m2 = m[:, None] & (feat[None, :] < F)
+        g = tl.load(grad_out_ptr + at[:, None] * F + feat[None, :], mask=m2, other=0.0)
+        for c in tl.static_range(8):
+            wx, wy, wz, row = _corner(c, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset)
+            ptr = row[:, None] * F + feat[None, :]
+            if WANT_PARAMS:
+                tl.atomic_add(grad_params_ptr + ptr, (wx * wy * wz)[:, None] * g, mask=m2, sem="relaxed")
+            if WANT_X:
+                per_corner = tl.sum(g * tl.load(params_ptr + ptr, mask=m2, other=0.0), axis=1) * resf
+                gx0 += (2 * ((c >> 2) & 1) - 1) * (wy * wz) * per_corner
+                gx1 += (2 * ((c >> 1) & 1) - 1) * (wx * wz) * per_corner
+                gx2 += (2 * (c & 1) - 1) * (wx * wy) * per_corner
+    if WANT_X:  # this level's share [L, N, 3], summed over levels by the caller
+        tl.store(grad_x_ptr + at * 3, gx0, mask=m)
+        tl.store(grad_x_ptr + at * 3 + 1, gx1, mask=m)
+        tl.store(grad_x_ptr + at * 3 + 2, gx2, mask=m)
 
 
 def _layout(grid) -> tuple:
-    return grid._res.int().contiguous(), grid._mult.contiguous(), grid._offsets.contiguous()
+    res = grid._res.int().contiguous()
+    n_merge = int((grid._res <= MERGE_MAX_RES).sum())  # resolutions grow with the level
+    return res, grid._mult.contiguous(), grid._offsets.contiguous(), n_merge
+
+
+def _words(t: torch.Tensor, F: int) -> torch.Tensor:
+    """A contiguous fp32 [.., F] tensor as the kernels read it: 8-byte words when F == 2."""
+    return t.view(torch.int64) if F == 2 else t
+
+
+def _vector_atomics(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
 
 
 class _TritonHashGridFunction(torch.autograd.Function):
@@ -136,10 +238,10 @@ class _TritonHashGridFunction(torch.autograd.Function):
         if n == 0:  # an empty launch grid is not a valid CUDA launch
             return x.new_empty(0, grid.out_dim)
         out = x.new_empty(L, n, F)
-        res, mult, off = _layout(grid)
-        _hashgrid_fwd[(triton.cdiv(n, BLOCK), L)](x, params, out, res, mult, off, n, L, grid.n_dense, grid._mask,
-                                                  F=F, FP=triton.next_power_of_2(F), BLOCK=BLOCK,
-                                                  num_warps=FORWARD_WARPS)
+        res, mult, off, _ = _layout(grid)
+        _hashgrid_fwd[(triton.cdiv(n, BLOCK), L)](x, _words(params, F), _words(out, F), res, mult, off, n,
+                                                  grid.n_dense, grid._mask, F=F, FP=triton.next_power_of_2(F),
+                                                  BLOCK=BLOCK, num_warps=FORWARD_WARPS)
         return out.permute(1, 0, 2).reshape(n, L * F)
 
     @staticmethod
@@ -149,16 +251,17 @@ class _TritonHashGridFunction(torch.autograd.Function):
         grid = ctx.grid
         want_x, want_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, L, F = x.shape[0], grid.n_levels, grid.n_features
-        grad_x = torch.zeros_like(x) if want_x else x.new_empty(0)
+        grad_x = x.new_empty(L, n, 3) if want_x else x.new_empty(0)
         grad_params = torch.zeros_like(params) if want_params else params.new_empty(0)
         if n > 0 and (want_x or want_params):
-            res, mult, off = _layout(grid)
+            res, mult, off, n_merge = _layout(grid)
             g = grad_out.float().reshape(n, L, F).permute(1, 0, 2).contiguous()  # level-major, as the kernel reads
-            _hashgrid_bwd[(triton.cdiv(n, BLOCK), L)](x, params, g, grad_params, grad_x, res, mult, off, n, L,
-                                                      grid.n_dense, grid._mask, F=F, FP=triton.next_power_of_2(F),
-                                                      WANT_PARAMS=want_params, WANT_X=want_x, BLOCK=BLOCK,
-                                                      num_warps=BACKWARD_WARPS)
-        return grad_x if want_x else None, grad_params if want_params else None, None
+            _hashgrid_bwd[(triton.cdiv(n, BLOCK), L)](x, _words(params, F), _words(g, F), grad_params, grad_x, res,
+                                                      mult, off, n, grid.n_dense, n_merge, grid._mask, F=F,
+                                                      FP=triton.next_power_of_2(F), WANT_PARAMS=want_params,
+                                                      WANT_X=want_x, VECTOR=_vector_atomics(x.device),
+                                                      BLOCK=BLOCK, num_warps=BACKWARD_WARPS)
+        return grad_x.sum(0) if want_x else None, grad_params if want_params else None, None
 
 
 def hash_encode(x: torch.Tensor, params: torch.Tensor, grid) -> torch.Tensor:
