@@ -1,4 +1,4 @@
-"""The Triton kernels (kernels/) against their PyTorch twins: tests/kernel_cases.py in a subprocess, under
+"""The Triton kernels (kernels/) against their PyTorch twins: tests/kernel_cases*.py in a subprocess, under
 Triton's interpreter on the CPU wherever triton is installed, and compiled on the GPU where there is one.
 
 A subprocess because TRITON_INTERPRET is read when a kernel is decorated (at import): setting it in this process
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
+CASES = ["kernel_cases.py", "kernel_cases_mlp.py"]
 
 
 def _run_cases(interpret: bool) -> subprocess.CompletedProcess:
@@ -20,8 +21,8 @@ def _run_cases(interpret: bool) -> subprocess.CompletedProcess:
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", "--tb=short",
-                           str(HERE / "kernel_cases.py")], cwd=HERE.parent, env=env, capture_output=True, text=True,
-                          timeout=900)
+                           *(str(HERE / name) for name in CASES)], cwd=HERE.parent, env=env, capture_output=True,
+                          text=True, timeout=900)
 
 
 def _old_interpreter() -> bool:

@@ -117,7 +117,8 @@ class HashGridConfig:
     hash_log2_size: int = 19
     hash_base_res: int = 16
     hash_max_res: int = 2048
-    # auto = the Triton kernel on CUDA when triton imports, else PyTorch; tcnn = tiny-cuda-nn (CUDA only).
+    # auto = the Triton kernels on CUDA when triton imports, else PyTorch; tcnn = tiny-cuda-nn (CUDA only). auto
+    # and triton also run the fields' MLPs as fused Triton kernels (field/mlp.py).
     impl: str = "auto"
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..config import HashGridConfig, NerfConfig
 from .hashgrid import make_hash_encoding
+from .mlp import make_mlp, mlp_impl
 
 BLOB = {"object": (10.0, 0.5), "scene": (-10.0, 2.5)}  # mode -> (lambda, r)
 HIDDEN = 64
@@ -22,7 +23,8 @@ MLP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class NeRF(nn.Module):
     """Density + albedo field over the cube [-bound, bound]^3 (world coordinates, +Z up).
 
-    Pass `device` to build on a GPU: the hash encoding (hash_grid.impl) and the MLP precision are chosen for it."""
+    Pass `device` to build on a GPU: the hash encoding (hash_grid.impl), the MLP's implementation (the fused
+    kernels with the Triton grid) and its precision are chosen for it."""
 
     def __init__(self, cfg: NerfConfig, grid: HashGridConfig, device: torch.device | str | None = None):
         super().__init__()
@@ -30,16 +32,12 @@ class NeRF(nn.Module):
         self.blob_lambda, self.blob_radius = BLOB[cfg.mode]
         self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
                                            grid.hash_base_res, grid.hash_max_res, device=device, impl=grid.impl)
-        self.mlp = nn.Sequential(
-            nn.Linear(self.encoding.out_dim, HIDDEN), nn.ReLU(inplace=True),
-            nn.Linear(HIDDEN, HIDDEN), nn.ReLU(inplace=True),
-            nn.Linear(HIDDEN, 4),
-        )
+        self.mlp = make_mlp(self.encoding.out_dim, HIDDEN, 4, 2, mlp_impl(self.encoding), device)
         with torch.no_grad():  # no constant offset: the initial density is the blob plus small MLP noise
             self.mlp[-1].bias.zero_()
         self.to(device or "cpu")
-        # nerf.mlp_precision: the MLP under bf16/fp16 autocast on CUDA; its outputs (and so the density
-        # activation and everything downstream) are fp32.
+        # nerf.mlp_precision: the MLP under bf16/fp16 autocast on CUDA (a fused MLP then runs its layers as torch
+        # ops); its outputs (and so the density activation and everything downstream) are fp32.
         on_cuda = torch.device(device or "cpu").type == "cuda"
         self.mlp_dtype = MLP_DTYPES[cfg.mlp_precision] if on_cuda else None
         # Finite-difference step for normals: half a cell of the finest hash level, in world units.

@@ -12,20 +12,21 @@ from torch import nn
 
 from ..config import HashGridConfig
 from .hashgrid import make_hash_encoding
+from .mlp import make_mlp, mlp_impl
 
 HIDDEN = 64
 
 
 class AlbedoField(nn.Module):
-    """albedo(x [N,3] world) -> [N,3] in [0,1] over the cube [-bound, bound]^3, on stage 1's hash grid settings."""
+    """albedo(x [N,3] world) -> [N,3] in [0,1] over the cube [-bound, bound]^3, on stage 1's hash grid settings
+    (the fused MLP with the Triton grid, as stage 1's NeRF)."""
 
     def __init__(self, grid: HashGridConfig, bound: float, device: torch.device | str | None = None):
         super().__init__()
         self.bound = float(bound)
         self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
                                            grid.hash_base_res, grid.hash_max_res, device=device, impl=grid.impl)
-        self.mlp = nn.Sequential(nn.Linear(self.encoding.out_dim, HIDDEN), nn.ReLU(inplace=True),
-                                 nn.Linear(HIDDEN, 3))
+        self.mlp = make_mlp(self.encoding.out_dim, HIDDEN, 3, 1, mlp_impl(self.encoding), device)
         self.to(device or "cpu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,51 @@
+"""The fields' small ReLU MLPs: `make_mlp` returns a plain nn.Sequential of Linear, ReLU, ..., Linear (the CPU
+path) or `TritonMLP`, the same modules run by kernels/mlp.py's fused kernels. Both have the same state_dict
+keys (0.weight, 0.bias, 2.weight, ...), so checkpoints load in either."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMPLS = ("torch", "triton")
+
+
+class TritonMLP(nn.Sequential):
+    """The Sequential's layers in one fused kernel per pass, as accurate as fp32 (3xTF32 products; CUDA tensors,
+    CPU ones under TRITON_INTERPRET=1).
+
+    Under autocast it runs them as the Sequential does: the kernels compute at fp32 accuracy only, and autocast
+    asks for the layers in lower precision."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        from ..kernels.mlp import fused_mlp  # imports triton: only where this MLP runs
+
+        return fused_mlp(x, [p for m in self if isinstance(m, nn.Linear) for p in (m.weight, m.bias)])
+
+
+def mlp_impl(encoding: nn.Module) -> str:
+    """The MLP implementation for a field on `encoding`: the fused kernels with the Triton hash grid (which was
+    built only where triton runs on CUDA), PyTorch layers with the torch and tcnn grids."""
+    return "triton" if encoding.impl == "triton" else "torch"
+
+
+def make_mlp(in_dim: int, hidden: int, out_dim: int, hidden_layers: int, impl: str = "torch",
+             device: torch.device | str | None = None) -> nn.Sequential:
+    """Linear(in_dim, hidden), ReLU, [Linear(hidden, hidden), ReLU,] Linear(hidden, out_dim) on `device` (CPU when
+    None): hidden_layers 1 or 2 hidden ReLU layers, as a plain Sequential (impl torch) or a `TritonMLP` (impl
+    triton, CUDA; the kernels take hidden a power of two in 16-64, in_dim ≤ 64, out_dim ≤ 16)."""
+    device = torch.device(device or "cpu")
+    if impl not in IMPLS:
+        raise ValueError(f"Unknown MLP impl '{impl}': use {', '.join(IMPLS)}.")
+    if impl == "triton":
+        if device.type != "cuda":
+            raise ValueError("The fused MLP runs on CUDA devices only.")
+        if not (hidden in (16, 32, 64) and in_dim <= 64 and out_dim <= 16 and hidden_layers in (1, 2)):
+            raise ValueError(f"The fused MLP has no kernel for {in_dim}→{hidden}×{hidden_layers}→{out_dim}.")
+    widths = [in_dim] + [hidden] * hidden_layers
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    cls = TritonMLP if impl == "triton" else nn.Sequential
+    return cls(*layers, nn.Linear(hidden, out_dim)).to(device)

@@ -1,0 +1,129 @@
+"""The fused MLP kernels (kernels/mlp.py) against nn.Sequential on the same weights. Not collected on its own:
+tests/test_kernels.py runs this file as it runs kernel_cases.py, under Triton's interpreter on CPU tensors and,
+on a CUDA machine, compiled on the GPU."""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pytest.importorskip("triton")
+
+from prolific.field.mlp import TritonMLP, make_mlp  # noqa: E402
+from prolific.kernels import mlp as kernels  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRETED else "cuda"
+if not INTERPRETED and not torch.cuda.is_available():
+    pytest.skip("compiled Triton kernels need a CUDA device (set TRITON_INTERPRET=1 for the CPU)",
+                allow_module_level=True)
+# Row counts: none, fewer than one block, and a count that is a multiple of neither kernel's block (so the last
+# block is partial and the backward's programs take different numbers of blocks).
+ROWS = [0, 5, 300] if INTERPRETED else [0, 1000, 200_003]
+# (in, hidden layers, out): stage 1's NeRF, stage 3's texture field, and inputs that need padding.
+SHAPES = [(32, 2, 4), (24, 2, 4), (32, 1, 3), (20, 1, 3)]
+# Relative to the largest entry of the reference. Both sides add the same fp32 terms in another order (and the
+# GPU's 3xTF32 products carry ~2^-21 of relative error, a few fp32 roundings): outputs and the input's gradient
+# sum ≤ 64 terms per entry; the weights' gradients sum over all rows, whose rounding grows like √rows·2^-24.
+TOL_ROWS, TOL_SUMS = 1e-5, 1e-4
+# Rows with a hidden pre-activation this close to ReLU's kink get no output gradient: summed in another order it
+# may land on the other side of 0, which flips that unit's gradient for the row (an O(1) change, not rounding).
+KINK = 1e-4
+
+
+def _pair(shape, seed=0):
+    in_dim, layers, out_dim = shape
+    torch.manual_seed(seed)
+    ref = make_mlp(in_dim, 64, out_dim, layers, device=DEVICE)
+    fused = TritonMLP(*make_mlp(in_dim, 64, out_dim, layers, device=DEVICE))
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def _inputs(n, in_dim, contiguous=True):
+    x = torch.randn(n, 2 * in_dim, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    return x[:, :in_dim].contiguous() if contiguous else x[:, ::2]
+
+
+def _near_kink(ref, x):
+    """Rows [N] (bool) with a hidden pre-activation within KINK of 0, in float64."""
+    h, near = x.double(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for m in ref[:-1]:
+        if isinstance(m, nn.Linear):
+            h = F.linear(h, m.weight.double(), m.bias.double())
+            near |= (h.abs() < KINK).any(dim=1)
+        else:
+            h = h.relu()
+    return near
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_fused_forward_matches_the_sequential(shape, n, contiguous):
+    ref, fused = _pair(shape)
+    x = _inputs(n, shape[0], contiguous)
+    with torch.no_grad():
+        a, b = ref(x), fused(x)
+    assert b.shape == a.shape == (n, shape[2]) and b.dtype == torch.float32
+    if n:
+        assert _rel(a, b) <= TOL_ROWS
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n", ROWS)
+@pytest.mark.parametrize("with_input", [True, False])
+def test_fused_gradients_match_the_sequential(shape, n, with_input):
+    ref, fused = _pair(shape)
+    x = _inputs(n, shape[0], contiguous=False)
+    g = torch.randn(n, shape[2], generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    g[_near_kink(ref, x)] = 0
+    grads = []
+    for mlp in (ref, fused):
+        xi = x.clone().requires_grad_(with_input)
+        (mlp(xi) * g).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in mlp.parameters()])
+    (xa, *pa), (xb, *pb) = grads
+    assert len(pa) == len(pb) == 2 * (shape[1] + 1)
+    for a, b in zip(pa, pb):
+        assert b.shape == a.shape
+        assert (n == 0 and not b.any()) or _rel(a, b) <= TOL_SUMS
+    if not with_input:
+        assert xb is None
+    elif n:
+        assert _rel(xa, xb) <= TOL_ROWS
+
+
+def test_the_backward_saves_only_the_input_and_the_weights():
+    ref, fused = _pair(SHAPES[0])
+    x = _inputs(ROWS[-1], SHAPES[0][0]).requires_grad_()
+    y = fused(x)
+    saved = y.grad_fn.saved_tensors
+    assert len(saved) == 7 and saved[0].shape == x.shape
+    assert all(s.shape == p.shape for s, p in zip(saved[1:], fused.parameters()))
+    with pytest.raises(RuntimeError):  # first order only
+        gx, = torch.autograd.grad(y.sum(), x, create_graph=True)
+        gx.sum().backward()
+
+
+def test_state_dicts_load_across_the_two():
+    ref, fused = _pair(SHAPES[0])
+    assert list(fused.state_dict()) == list(ref.state_dict()) == [
+        "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    back = make_mlp(32, 64, 4, 2, device=DEVICE)
+    back.load_state_dict(fused.state_dict())
+    x = _inputs(ROWS[-1], 32)
+    with torch.no_grad():
+        assert torch.equal(back(x), ref(x))
+        assert _rel(ref(x), fused(x)) <= TOL_ROWS
+
+
+def test_the_backward_grid_is_persistent():
+    x = _inputs(ROWS[-1], 32)
+    blocks = -(-x.shape[0] // kernels.BACKWARD_BLOCK)
+    assert 1 < kernels._programs(x, blocks) < blocks
