@@ -105,7 +105,8 @@ class NerfConfig:
     # The density/albedo MLP's precision: fp32, or bf16/fp16 autocast on CUDA (outputs, the density activation
     # and the finite-difference normals stay fp32); a CPU always runs fp32. fp32 as the official code (run.sh
     # has no -O); bf16 measured no faster on an H200 (`prolific bench render --field solid`: 32.4 vs 34.2 ms at
-    # 512, 14.0 vs 10.7 ms at 64; bench_results/2026-12-01_h200_render_solid*.json).
+    # 512, 14.0 vs 10.7 ms at 64; bench_results/2026-12-01_h200_render_solid*.json), and under autocast the
+    # fused MLP of the Triton path gives way to the PyTorch layers.
     mlp_precision: str = "fp32"
 
 
