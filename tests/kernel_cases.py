@@ -3,12 +3,13 @@ file in a subprocess, under Triton's interpreter on CPU tensors (TRITON_INTERPRE
 kernel is decorated, i.e. when kernels/*.py is imported, so it cannot be switched on inside a running test
 session without leaking into every other test) and, on a CUDA machine, compiled on the GPU."""
 import dataclasses
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from kernel_device import DEVICE, INTERPRETED, require_kernels
+
+require_kernels()
 
 from prolific.config import make_config  # noqa: E402
 from prolific.field.hashgrid import TorchHashGrid, TritonHashGrid  # noqa: E402
@@ -21,11 +22,6 @@ from prolific.render.march import march_rays, march_step, offsets_of  # noqa: E4
 from prolific.render.packed import PackedRenderer  # noqa: E402
 from prolific.render.volume import OccupancyGrid  # noqa: E402
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRETED else "cuda"
-if not INTERPRETED and not torch.cuda.is_available():
-    pytest.skip("compiled Triton kernels need a CUDA device (set TRITON_INTERPRET=1 for the CPU)",
-                allow_module_level=True)
 N_POINTS = 300 if INTERPRETED else 200_000
 # (levels, features, log2 table, base res, max res): dense and hashed levels, 1-4 features; the GPU also runs
 # the standard preset's grid.

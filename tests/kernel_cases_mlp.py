@@ -1,23 +1,18 @@
 """The fused MLP kernels (kernels/mlp.py) against nn.Sequential on the same weights. Not collected on its own:
 tests/test_kernels.py runs this file as it runs kernel_cases.py, under Triton's interpreter on CPU tensors and,
 on a CUDA machine, compiled on the GPU."""
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-pytest.importorskip("triton")
+from kernel_device import DEVICE, INTERPRETED, require_kernels
+
+require_kernels()
 
 from prolific.field.mlp import TritonMLP, make_mlp  # noqa: E402
 from prolific.kernels import mlp as kernels  # noqa: E402
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRETED else "cuda"
-if not INTERPRETED and not torch.cuda.is_available():
-    pytest.skip("compiled Triton kernels need a CUDA device (set TRITON_INTERPRET=1 for the CPU)",
-                allow_module_level=True)
 # Row counts: none, fewer than one block, and a count that is a multiple of neither kernel's block (so the last
 # block is partial and the backward's programs take different numbers of blocks).
 ROWS = [0, 5, 300] if INTERPRETED else [0, 1000, 200_003]
