@@ -16,8 +16,8 @@ Backward recomputes the corners. The table's gradient is scattered with relaxed 
 stored in fp32: Adam's updates of 1e-2·lr scale vanish in fp16/bf16, and so would small gradient sums
 accumulated in them), two features at once where the GPU has vector atomics (sm_90). A render's samples come
 ray by ray, so on coarse levels runs of consecutive points share a cell, and every one of them adding to the
-same 8 rows serialises on those addresses: a segmented sum over each run first leaves one atomic add per run
-and corner. The points' gradient, only when a caller asks for it, is the derivative of the trilinear weights,
+same 8 rows serialises on those addresses: with two features, a segmented sum over each run first leaves one
+atomic add per run and corner. The points' gradient, only when a caller asks for it, is the derivative of the trilinear weights,
 written per level and summed over levels afterwards.
 """
 from __future__ import annotations
@@ -171,7 +171,7 @@ def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, 
     merge = level < n_merge
     start = tl.zeros([BLOCK], dtype=tl.int32)
     keep = m
-    if WANT_PARAMS:
+    if WANT_PARAMS and F == 2:  # the runs' sums are taken on two-feature rows
         if merge:
             start, end = _runs(x_ptr, idx, m, n, res, b0, b1, b2, BLOCK)
             keep = m & end
@@ -216,7 +216,7 @@ def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, 
 
 def _layout(grid) -> tuple:
     res = grid._res.int().contiguous()
-    n_merge = int((grid._res <= MERGE_MAX_RES).sum())  # resolutions grow with the level
+    n_merge = sum(r <= MERGE_MAX_RES for r in grid.resolutions)  # resolutions grow with the level
     return res, grid._mult.contiguous(), grid._offsets.contiguous(), n_merge
 
 
