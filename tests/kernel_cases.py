@@ -11,6 +11,7 @@ from kernel_device import DEVICE, INTERPRETED, require_kernels
 
 require_kernels()
 
+from prolific.bench.hashgrid import bench_points  # noqa: E402
 from prolific.config import make_config  # noqa: E402
 from prolific.field.hashgrid import TorchHashGrid, TritonHashGrid  # noqa: E402
 from prolific.field.nerf import Background, NeRF  # noqa: E402
@@ -46,16 +47,10 @@ def _pair(args, seed=0):
 
 
 def _points(n, layout="uniform"):
-    """Points in [0,1]^3: uniform, or `rays` (ray by ray in small steps, as a render's samples come, so runs
-    of consecutive points share a coarse cell and the backward merges them), with the cube's faces and corners."""
-    gen = torch.Generator().manual_seed(1)
-    if layout == "uniform":
-        x = torch.rand(n, 3, generator=gen)
-    else:
-        per_ray = 40
-        origin = torch.rand(-(-n // per_ray), 1, 3, generator=gen)
-        step = (torch.rand(origin.shape, generator=gen) - 0.5) * 0.02
-        x = (origin + step * torch.arange(per_ray)[:, None]).reshape(-1, 3)[:n].clamp(0, 1)
+    """Points in [0,1]^3 laid out as `prolific bench hashgrid --layout` lays them (uniform, or `rays`: ray by ray
+    in march steps, as a render's samples come, so runs of consecutive points share a coarse cell and the
+    backward merges them), with the cube's faces and corners."""
+    x = bench_points(n, layout, torch.Generator().manual_seed(1), torch.device("cpu"))
     x[0], x[1], x[2] = 0.0, 1.0, torch.tensor([1.0, 0.0, 0.5])
     return x.to(DEVICE)
 
