@@ -51,6 +51,8 @@ def test_the_triton_grid_brings_the_fused_mlp_and_loads_a_plain_checkpoint(preci
     fused = NeRF(job.nerf, job.hash_grid, device="cuda")
     assert isinstance(fused.mlp, TritonMLP) and type(plain.mlp) is nn.Sequential
     assert isinstance(AlbedoField(job.hash_grid, job.nerf.bound, device="cuda").mlp, TritonMLP)
+    wide = make_config("a ball", "test", {"hash_grid": {"hash_levels": 40}})
+    assert type(NeRF(wide.nerf, wide.hash_grid, device="cuda").mlp) is nn.Sequential
     fused.load_state_dict(plain.state_dict())
     x = torch.rand(4096, 3, device="cuda") - 0.5
     with torch.no_grad():
@@ -63,3 +65,11 @@ def test_the_triton_grid_brings_the_fused_mlp_and_loads_a_plain_checkpoint(preci
         torch.testing.assert_close(sigma, s_plain, rtol=1e-4, atol=1e-5)
     else:
         assert float((sigma - s_plain).abs().max() / s_plain.abs().max()) < 2e-2
+
+
+def test_a_grid_wider_than_the_fused_kernels_gets_pytorch_layers_not_an_error():
+    from prolific.field.mlp import mlp_impl
+
+    assert mlp_impl("triton", 32, 64, 4, 2) == mlp_impl("triton", 64, 64, 3, 1) == "triton"
+    assert mlp_impl("triton", 80, 64, 4, 2) == "torch"  # e.g. hash_levels 40: 80 features into the MLP
+    assert mlp_impl("torch", 32, 64, 4, 2) == mlp_impl("tcnn", 32, 64, 4, 2) == "torch"

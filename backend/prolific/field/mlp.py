@@ -24,24 +24,30 @@ class TritonMLP(nn.Sequential):
         return fused_mlp(x, [p for m in self if isinstance(m, nn.Linear) for p in (m.weight, m.bias)])
 
 
-def mlp_impl(encoding: nn.Module) -> str:
-    """The MLP implementation for a field on `encoding`: the fused kernels with the Triton hash grid (which was
-    built only where triton runs on CUDA), PyTorch layers with the torch and tcnn grids."""
-    return "triton" if encoding.impl == "triton" else "torch"
+def fused_shape(in_dim: int, hidden: int, out_dim: int, hidden_layers: int) -> bool:
+    """Whether kernels/mlp.py has kernels for this MLP: hidden a power of two in 16-64, in_dim ≤ 64, out_dim ≤ 16."""
+    return hidden in (16, 32, 64) and in_dim <= 64 and out_dim <= 16 and hidden_layers in (1, 2)
+
+
+def mlp_impl(grid_impl: str, in_dim: int, hidden: int, out_dim: int, hidden_layers: int) -> str:
+    """The implementation of a field's MLP after a hash grid of `grid_impl`: the fused kernels with the Triton
+    grid (built only where triton runs on CUDA) where they have the shape (a wider grid, e.g. more levels, gets
+    PyTorch layers), PyTorch layers with the torch and tcnn grids."""
+    return "triton" if grid_impl == "triton" and fused_shape(in_dim, hidden, out_dim, hidden_layers) else "torch"
 
 
 def make_mlp(in_dim: int, hidden: int, out_dim: int, hidden_layers: int, impl: str = "torch",
              device: torch.device | str | None = None) -> nn.Sequential:
     """Linear(in_dim, hidden), ReLU, [Linear(hidden, hidden), ReLU,] Linear(hidden, out_dim) on `device` (CPU when
     None): hidden_layers 1 or 2 hidden ReLU layers, as a plain Sequential (impl torch) or a `TritonMLP` (impl
-    triton, CUDA; the kernels take hidden a power of two in 16-64, in_dim ≤ 64, out_dim ≤ 16)."""
+    triton, CUDA, for the shapes of `fused_shape`)."""
     device = torch.device(device or "cpu")
     if impl not in IMPLS:
         raise ValueError(f"Unknown MLP impl '{impl}': use {', '.join(IMPLS)}.")
     if impl == "triton":
         if device.type != "cuda":
             raise ValueError("The fused MLP runs on CUDA devices only.")
-        if not (hidden in (16, 32, 64) and in_dim <= 64 and out_dim <= 16 and hidden_layers in (1, 2)):
+        if not fused_shape(in_dim, hidden, out_dim, hidden_layers):
             raise ValueError(f"The fused MLP has no kernel for {in_dim}→{hidden}×{hidden_layers}→{out_dim}.")
     widths = [in_dim] + [hidden] * hidden_layers
     layers = []

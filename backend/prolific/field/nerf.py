@@ -32,7 +32,8 @@ class NeRF(nn.Module):
         self.blob_lambda, self.blob_radius = BLOB[cfg.mode]
         self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
                                            grid.hash_base_res, grid.hash_max_res, device=device, impl=grid.impl)
-        self.mlp = make_mlp(self.encoding.out_dim, HIDDEN, 4, 2, mlp_impl(self.encoding), device)
+        shape = (self.encoding.out_dim, HIDDEN, 4, 2)
+        self.mlp = make_mlp(*shape, mlp_impl(self.encoding.impl, *shape), device)
         with torch.no_grad():  # no constant offset: the initial density is the blob plus small MLP noise
             self.mlp[-1].bias.zero_()
         self.to(device or "cpu")

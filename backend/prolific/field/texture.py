@@ -26,7 +26,8 @@ class AlbedoField(nn.Module):
         self.bound = float(bound)
         self.encoding = make_hash_encoding(grid.hash_levels, grid.hash_features, grid.hash_log2_size,
                                            grid.hash_base_res, grid.hash_max_res, device=device, impl=grid.impl)
-        self.mlp = make_mlp(self.encoding.out_dim, HIDDEN, 3, 1, mlp_impl(self.encoding), device)
+        shape = (self.encoding.out_dim, HIDDEN, 3, 1)
+        self.mlp = make_mlp(*shape, mlp_impl(self.encoding.impl, *shape), device)
         self.to(device or "cpu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
