@@ -7,7 +7,6 @@ import threading
 import torch
 
 from addon_helpers import ROOT, needs_bpy, run_blender
-from blender_addon import presets
 from prolific.config import PRESETS
 from prolific.server import Server, preset_list
 from prolific.stages.context import StageContext
@@ -45,11 +44,17 @@ report(default=default, before=before, kept=kept, after=after, chosen=scene.pres
     assert facts["chosen"] == "huge"
 
 
+@needs_bpy  # the add-on package imports bpy
 def test_the_fallback_menu_names_the_backends_presets():
+    from blender_addon import presets
+
     assert [p["name"] for p in presets.FALLBACK] == [p["name"] for p in preset_list()]
 
 
+@needs_bpy
 def test_a_malformed_hello_list_leaves_the_menu_as_it_was():
+    from blender_addon import presets
+
     before = presets.menu_items()
     presets.remember([{"steps": {}}])
     presets.remember("draft")

@@ -9,15 +9,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from backend_env import backend_env
 from prolific.cli import main
 
-BACKEND = Path(__file__).resolve().parents[1] / "backend"
 JOB = "a_red_teapot_seed0"
 TIMEOUT_S = 600  # per wait: a loaded 2-core CI machine is slow to import torch and load a model
 
@@ -178,7 +177,7 @@ def test_bench_is_dispatched_to_the_bench_package(capsys):
 
 
 def test_entry_point_rejects_an_empty_prompt(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(BACKEND), "OMP_NUM_THREADS": "1"}
+    env = backend_env()
     proc = subprocess.run([sys.executable, "-m", "prolific", "generate", "", "-o", str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
@@ -190,7 +189,7 @@ class Cli:
     """`python -m prolific ARGS` in a subprocess, as a terminal runs it; its stderr is collected as it comes."""
 
     def __init__(self, args, cwd):
-        env = {**os.environ, "PYTHONPATH": str(BACKEND), "OMP_NUM_THREADS": "1"}
+        env = backend_env()
         self.proc = subprocess.Popen([sys.executable, "-m", "prolific", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env, cwd=cwd)
         self.chunks: list[bytes] = []

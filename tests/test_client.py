@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from backend_env import backend_env
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("prolific_addon_client", ROOT / "blender_addon" / "client.py")
 client_mod = importlib.util.module_from_spec(_spec)
@@ -23,13 +25,6 @@ BackendClient, BackendError = client_mod.BackendClient, client_mod.BackendError
 
 QUICK = {"stages": ["nerf"]}  # stage 1 only: the fastest real job
 SLOW = {"stages": ["nerf"], "nerf": {"steps": 400, "checkpoint_every": 1000}}  # long enough to be interrupted
-
-
-def backend_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "backend"), env.get("PYTHONPATH", "")])
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """`python -m prolific serve` as the add-on runs it: JSON lines in, events out, jobs, cancel, bad requests."""
 import json
-import os
 import queue
 import signal
 import subprocess
@@ -11,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from backend_env import backend_env
 from prolific import __version__
 from prolific.config import PRESETS, make_config
+from prolific.device import device_description
 
-BACKEND = Path(__file__).resolve().parents[1] / "backend"
 TIMEOUT_S = 60
 
 
@@ -22,7 +22,7 @@ class Backend:
     """The server process; every stdout line must be a JSON event (anything else fails the test)."""
 
     def __init__(self, *args):
-        env = {**os.environ, "PYTHONPATH": str(BACKEND), "OMP_NUM_THREADS": "1"}
+        env = backend_env()
         self.proc = subprocess.Popen([sys.executable, "-m", "prolific", "serve", *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         self.events: queue.Queue = queue.Queue()
@@ -71,7 +71,7 @@ def generate(job_id, out_dir, **fields):
 def test_hello_names_protocol_backend_device_and_model(backend, tiny_sd_model):
     backend.send({"op": "hello", "id": "h"})
     hello = backend.next()
-    assert hello == {"event": "hello", "id": "h", "protocol": 1, "backend": __version__, "device": "cpu",
+    assert hello == {"event": "hello", "id": "h", "protocol": 1, "backend": __version__, "device": device_description(),
                      "model": str(tiny_sd_model), "presets": hello["presets"]}
     # Every preset, in the CLI's order, with the step counts the add-on's menu shows.
     assert [p["name"] for p in hello["presets"]] == list(PRESETS)
