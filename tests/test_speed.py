@@ -83,7 +83,7 @@ def _run_steps(model, options: SpeedOptions, reference: bool, steps: int = 2):
 
 def test_optimised_step_matches_reference_gradients(tiny_sd_model):
     ref_grads, ref_lora = _run_steps(tiny_sd_model, speed.reference_options(), reference=True)
-    opt = SpeedOptions(sdpa=True, channels_last=True, batch=True, fused_adam=True)
+    opt = SpeedOptions(sdpa=True, channels_last=True, vae_matmul=True, batch=True, fused_adam=True)
     opt_grads, opt_lora = _run_steps(tiny_sd_model, opt, reference=False)
     assert len(ref_grads) == len(opt_grads) == 2
     for step_ref, step_opt in zip(ref_grads, opt_grads):
@@ -200,17 +200,26 @@ def test_settings_hold_inside_and_are_restored_after(tiny_sd_model):
     prior = load_prior(str(tiny_sd_model), torch.device("cpu"), torch.float32)
     before = {k: type(v) for k, v in prior.unet.attn_processors.items()}
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    vae_before = {k: type(v) for k, v in prior.vae.attn_processors.items()}
+    assert set(vae_before.values()) == {AttnProcessor2_0}  # diffusers' default, which vae-matmul replaces
     conv = next(m for m in prior.unet.modules() if isinstance(m, torch.nn.Conv2d))
-    with speed.applied(prior, SpeedOptions(tf32=True, sdpa=False, channels_last=True)) as report:
+    vae_conv = next(m for m in prior.vae.modules() if isinstance(m, torch.nn.Conv2d))
+    options = SpeedOptions(tf32=True, sdpa=False, channels_last=True, vae_matmul=True)
+    with speed.applied(prior, options) as report:
         assert {type(p) for p in prior.unet.attn_processors.values()} == {AttnProcessor}
+        assert {type(p) for p in prior.vae.attn_processors.values()} == {AttnProcessor}
         assert report["attention"] == "AttnProcessor" and report["channels_last"] == "on"
+        assert report["vae_attention"] == "AttnProcessor"
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+        assert vae_conv.weight.is_contiguous()  # the VAE's convolutions stay NCHW (faster there)
     assert {k: type(v) for k, v in prior.unet.attn_processors.items()} == before
+    assert {k: type(v) for k, v in prior.vae.attn_processors.items()} == vae_before
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
     assert conv.weight.is_contiguous()
     with speed.applied(prior, SpeedOptions(sdpa=True)):
         assert {type(p) for p in prior.unet.attn_processors.values()} == {AttnProcessor2_0}
+        assert {k: type(v) for k, v in prior.vae.attn_processors.items()} == vae_before
         assert not torch.backends.cuda.matmul.allow_tf32
 
 

@@ -22,7 +22,8 @@ class SpeedOptions:
     bf16: bool = False  # bf16 weights and activations (fp16 when off, on a GPU; fp32 on a CPU)
     tf32: bool = False  # TF32 tensor cores for fp32 matmuls/convs (the NeRF MLPs, fp32 parts of the loss)
     sdpa: bool = True  # scaled_dot_product_attention (flash) processors on every attention layer
-    channels_last: bool = False  # NHWC memory format for the UNet and VAE convolutions
+    channels_last: bool = False  # NHWC memory format for the UNet's convolutions (the VAE's stay NCHW: faster)
+    vae_matmul: bool = False  # the VAE's attention as plain matmul-softmax (no flash kernel fits its 512-wide head)
     batch: bool = False  # CFG pair + LoRA branch in one UNet call, the LoRA gated per sample
     fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
     graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)
@@ -63,5 +64,5 @@ def already_told(message: str) -> None:
 
 
 def best_options() -> SpeedOptions:
-    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True,
-                        graphs=True)
+    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True,
+                        fused_adam=True, graphs=True)

@@ -123,6 +123,7 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
     timer = PartTimer(device)
     module = geometry if stage == "stage2" else texture
     raster = make_rasterizer(device)
+    out["rasterizer"] = raster.name  # nvdiffrast or the PyTorch fallback: the stage's cost depends on it
     if stage == "stage3":
         normals = [m.vertex_normals() for m in meshes]
     patches = [timer.wrap(module, "render_mesh", "render"),

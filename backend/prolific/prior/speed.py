@@ -4,8 +4,9 @@
 - batch, fused-adam, graphs: arguments of the estimator (`estimator_kwargs` → prior/vsd.ScoreDistillation),
   which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as one fused kernel / its
   diffusion work as replayed CUDA graphs (prior/graphs.py).
-- tf32, sdpa, channels-last: settings of the process and of the shared UNet/VAE, set by `applied` for the span
-  of a job's steps and put back as they were on exit, so the long-lived server carries none into the next job.
+- tf32, sdpa, channels-last, vae-matmul: settings of the process and of the shared UNet/VAE, set by `applied`
+  for the span of a job's steps and put back as they were on exit, so the long-lived server carries none into
+  the next job.
 - fused-adam for the stages' own Adam optimizers: `fused_adam`, which the stages read when they build them
   (StageContext.fused_adam).
 """
@@ -25,7 +26,7 @@ def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     if text != "auto":
         return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
-        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, batch=True, fused_adam=True)
+        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True, fused_adam=True)
     return SpeedOptions(sdpa=True, batch=True)
 
 
@@ -68,24 +69,33 @@ def attention_processor(sdpa: bool):
 
 @contextlib.contextmanager
 def module_layout(prior, options: SpeedOptions):
-    """The UNet's attention processors (diffusers' `set_attn_processor`) and, with channels-last, the UNet's and
-    VAE's memory format, while inside; both back as they were after. Yields what was applied."""
+    """The attention processors (diffusers' `set_attn_processor`) of the UNet and, with vae-matmul, of the VAE,
+    and with channels-last the UNet's memory format, while inside; all back as they were after. Yields what was
+    applied.
+
+    The VAE is left in NCHW, and with vae-matmul its one attention layer (the mid block's single 512-wide head
+    over 64x64 latents: SDPA has no flash kernel that wide, and its memory-efficient fallback's backward is
+    slow) runs as plain matmuls. Encode forward + backward at 512, bf16, on an H200 (issue 12's diagnosis):
+    31.5 ms as NHWC with SDPA, 23.9 as NCHW with SDPA, 18.1 as NCHW with matmuls."""
     unet, vae = prior.unet, prior.vae
     processors = dict(unet.attn_processors)
     unet.set_attn_processor(attention_processor(options.sdpa))
     report = {"attention": ",".join(sorted({type(p).__name__ for p in unet.attn_processors.values()}))}
-    modules = [m for m in (unet, vae) if m is not None]
+    vae_processors = dict(vae.attn_processors) if vae is not None else {}
+    if options.vae_matmul and vae_processors:
+        vae.set_attn_processor(attention_processor(False))
+        report["vae_attention"] = "AttnProcessor"
     if options.channels_last:
-        for m in modules:
-            m.to(memory_format=torch.channels_last)
+        unet.to(memory_format=torch.channels_last)
         report["channels_last"] = "on"
     try:
         yield report
     finally:
         if options.channels_last:
-            for m in modules:
-                m.to(memory_format=torch.contiguous_format)
+            unet.to(memory_format=torch.contiguous_format)
         unet.set_attn_processor(processors)
+        if vae_processors:
+            vae.set_attn_processor(vae_processors)
 
 
 @contextlib.contextmanager
