@@ -22,11 +22,14 @@ from ..speed_options import SpeedOptions, already_told
 
 def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     """The options a generation runs with (`prior.speed`). "auto" keeps what the bench showed to help or to save
-    memory without changing results (tests/test_speed.py); anything else is parsed like the bench's --opt."""
+    memory without changing results (tests/test_speed.py, tests/test_graphs.py); anything else is parsed like
+    the bench's --opt. On CUDA that is `best` in the default fp16 precision: graphs joined it after end-to-end
+    demo jobs on an H200 (bench_results/2026-12-02_h200_e2e_demo.txt)."""
     if text != "auto":
         return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
-        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True, fused_adam=True)
+        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True, fused_adam=True,
+                            graphs=True)
     return SpeedOptions(sdpa=True, batch=True)
 
 
