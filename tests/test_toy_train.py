@@ -133,3 +133,18 @@ def test_a_run_can_start_from_an_exported_model_folder(tmp_path):
     continued = load_prior(str(tmp_path / "toy2"), CPU, torch.float32).unet.state_dict()
     key = next(k for k in exported if k.endswith("conv_in.weight"))
     assert torch.allclose(continued[key], exported[key], atol=1e-3)
+
+
+def test_training_leaves_the_process_math_flags_as_it_found_them():
+    """A CUDA run turns on TF32 and cuDNN autotuning for itself only (a server or the tests go on after it)."""
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,  # noqa: E731
+                     torch.backends.cudnn.benchmark)
+    before = flags()
+    with train.fast_cuda_math(True):
+        assert flags() == (True, True, True)
+    assert flags() == before
+    with pytest.raises(RuntimeError), train.fast_cuda_math(True):
+        raise RuntimeError("a run that fails")
+    assert flags() == before
+    with train.fast_cuda_math(False):
+        assert flags() == before

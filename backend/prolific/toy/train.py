@@ -14,6 +14,7 @@ and EMA, a fresh optimiser), for machines where only the exported model can be k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -133,15 +134,33 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def fast_cuda_math(cuda: bool):
+    """TF32 matmuls/convolutions and cuDNN autotuning for a training run on CUDA, put back as they were after (a
+    test or a server may call `main` inside a longer-lived process)."""
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), \
+        (torch.backends.cudnn, "benchmark")
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        if cuda:
+            for owner, name in flags:
+                setattr(owner, name, True)
+        yield
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
+
+
 def main(argv: list[str] | None = None) -> dict:
     t_start = time.monotonic()
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with fast_cuda_math(device.type == "cuda"):
+        return train(args, device, t_start)
+
+
+def train(args: argparse.Namespace, device: torch.device, t_start: float) -> dict:
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
     deadline = t_start + args.minutes * 60 - EXPORT_MARGIN_S
     torch.manual_seed(args.seed)
 
