@@ -98,9 +98,10 @@ def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
 
     local = torch.tensor(TET_EDGES, device=device)
     edges = tets[:, local].reshape(-1, 2)  # [T*6, 2] global vertex pairs
-    edges = torch.sort(edges, dim=-1).values
     n_vert = positions.shape[0]
-    keys = edges[:, 0] * n_vert + edges[:, 1]
+    # Each pair in order by min/max: torch.sort along a dimension of 2 was a per-row bitonic sort, 0.8 ms per
+    # call at the standard tet grid on an H200 (issue 12's stage-2 profile).
+    keys = torch.minimum(edges[:, 0], edges[:, 1]) * n_vert + torch.maximum(edges[:, 0], edges[:, 1])
     uniq, edge_id = torch.unique(keys, return_inverse=True)
     a, b = uniq // n_vert, uniq % n_vert
     crossing = inside[a] != inside[b]
