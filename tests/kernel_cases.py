@@ -175,3 +175,29 @@ def test_packed_render_with_the_kernels_matches_plain_pytorch():
                         field.encoding.params.grad.clone()])
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("args", GRIDS[:1] + GRIDS[-1:])
+def test_level_major_features_into_the_fused_mlp_change_nothing(args):
+    """encode(grid, mlp): the Triton grid hands its features to the fused MLP level-major, with no transposition
+    either way. The outputs and the points' gradient are those of the transposed handoff, mlp(grid(x)), exactly;
+    the table's too, up to the order of its atomic adds on a GPU. (Each side against PyTorch: the cases above and
+    kernel_cases_mlp.py.)"""
+    from prolific.field.mlp import TritonMLP, encode, make_mlp
+
+    _, grid = _pair(args)
+    torch.manual_seed(1)
+    mlp = TritonMLP(*make_mlp(grid.out_dim, 64, 4, 2, device=DEVICE))
+    x = _points(N_POINTS, "rays")
+    assert grid(x, level_major=True).shape == (grid.n_levels, N_POINTS, grid.n_features)
+    g = torch.randn(N_POINTS, 4, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    outs = []
+    for run in (lambda xi: mlp(grid(xi)), lambda xi: encode(grid, mlp, xi)):
+        xi = x.clone().requires_grad_()
+        y = run(xi)
+        (y * g).sum().backward()
+        outs.append((y.detach(), grid.params.grad.clone(), xi.grad))
+        grid.zero_grad(set_to_none=True)
+    (ya, pa, xa), (yb, pb, xb) = outs
+    assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    assert float((pa - pb).abs().max() / pa.abs().max()) <= (0.0 if INTERPRETED else 1e-4)  # as above

@@ -122,3 +122,36 @@ def test_the_backward_grid_is_persistent():
     x = _inputs(ROWS[-1], 32)
     blocks = -(-x.shape[0] // kernels.BACKWARD_BLOCK)
     assert 1 < kernels._programs(x, blocks) < blocks
+
+
+@pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[3]])
+@pytest.mark.parametrize("n", ROWS)
+def test_level_major_features_give_the_row_major_results(shape, n):
+    """Features [L, N, F] as the hash grid lays them out: the same outputs and gradients as their [N, L·F]
+    transposition (the kernels read and write that layout instead of a copy)."""
+    ref, fused = _pair(shape)
+    in_dim, levels = shape[0], shape[0] // 2
+    lm = torch.randn(levels, n, 2, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    x = lm.permute(1, 0, 2).reshape(n, in_dim)
+    g = torch.randn(n, shape[2], generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    g[_near_kink(ref, x)] = 0
+    grads = []
+    for inputs in (x, lm):
+        xi = inputs.clone().requires_grad_()
+        y = fused(xi)
+        (y * g).sum().backward()
+        grads.append((y.detach(), xi.grad, [p.grad.clone() for p in fused.parameters()]))
+        fused.zero_grad(set_to_none=True)
+    (ya, xa, pa), (yb, xb, pb) = grads
+    assert yb.shape == (n, shape[2]) and xb.shape == lm.shape
+    # The same products in the same order: equal, not just close.
+    assert torch.equal(ya, yb) and torch.equal(xa, xb.permute(1, 0, 2).reshape(n, in_dim))
+    assert all(torch.equal(a, b) for a, b in zip(pa, pb))
+    with torch.no_grad():
+        assert (n == 0 or _rel(ref(x), yb) <= TOL_ROWS)
+
+
+def test_level_major_features_of_the_wrong_width_are_refused():
+    _, fused = _pair(SHAPES[0])
+    with pytest.raises(ValueError, match="do not give the MLP's 32 inputs"):
+        fused(torch.zeros(8, 5, 2, device=DEVICE))

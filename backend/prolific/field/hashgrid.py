@@ -172,10 +172,12 @@ class TritonHashGrid(TorchHashGrid):
 
     impl = "triton"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level_major: bool = False) -> torch.Tensor:
+        """[N, out_dim], or with `level_major` [n_levels, N, n_features] (what a `TritonMLP` reads without the
+        transposition)."""
         from ..kernels.hashgrid import hash_encode  # imports triton: only where this grid is built
 
-        return hash_encode(x.float().clamp(0.0, 1.0).contiguous(), self.params, self)
+        return hash_encode(x.float().clamp(0.0, 1.0).contiguous(), self.params, self, level_major)
 
 
 class TcnnHashGrid(nn.Module):

@@ -13,15 +13,25 @@ class TritonMLP(nn.Sequential):
     """The Sequential's layers in one fused kernel per pass, as accurate as fp32 (3xTF32 products; CUDA tensors,
     CPU ones under TRITON_INTERPRET=1).
 
-    Under autocast it runs them as the Sequential does: the kernels compute at fp32 accuracy only, and autocast
-    asks for the layers in lower precision."""
+    Its input is [N, in], or level-major [L, N, F] features (L·F = in) as a `TritonHashGrid` gives them with
+    level_major=True: the kernels read that layout, so the features are never transposed. Under autocast it runs
+    the layers as the Sequential does: the kernels compute at fp32 accuracy only, and autocast asks for the
+    layers in lower precision."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
-            return super().forward(x)
+            return super().forward(x.permute(1, 0, 2).reshape(x.shape[1], -1) if x.dim() == 3 else x)
         from ..kernels.mlp import fused_mlp  # imports triton: only where this MLP runs
 
         return fused_mlp(x, [p for m in self if isinstance(m, nn.Linear) for p in (m.weight, m.bias)])
+
+
+def encode(encoding: nn.Module, mlp: nn.Module, unit: torch.Tensor) -> torch.Tensor:
+    """mlp(encoding(unit)) for a field's hash encoding and MLP; a `TritonMLP` (built only after the Triton grid,
+    `mlp_impl`) takes the grid's features level-major."""
+    if isinstance(mlp, TritonMLP):
+        return mlp(encoding(unit, level_major=True))
+    return mlp(encoding(unit))
 
 
 def fused_shape(in_dim: int, hidden: int, out_dim: int, hidden_layers: int) -> bool:

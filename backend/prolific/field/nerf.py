@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import HashGridConfig, NerfConfig
 from .hashgrid import make_hash_encoding
-from .mlp import make_mlp, mlp_impl
+from .mlp import encode, make_mlp, mlp_impl
 
 BLOB = {"object": (10.0, 0.5), "scene": (-10.0, 2.5)}  # mode -> (lambda, r)
 HIDDEN = 64
@@ -51,9 +51,9 @@ class NeRF(nn.Module):
         """The MLP's raw outputs [N,4]; `exact` keeps it in fp32 (finite-difference normals divide differences
         of the density at points 1/max_res apart, which bf16/fp16 rounding would swamp)."""
         unit = ((x / self.bound) + 1) / 2
-        features = self.encoding(unit)
         if self.mlp_dtype is None or exact:
-            return self.mlp(features)
+            return encode(self.encoding, self.mlp, unit)
+        features = self.encoding(unit)
         with torch.autocast("cuda", dtype=self.mlp_dtype):
             return self.mlp(features).float()
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import HashGridConfig
 from .hashgrid import make_hash_encoding
-from .mlp import make_mlp, mlp_impl
+from .mlp import encode, make_mlp, mlp_impl
 
 HIDDEN = 64
 
@@ -32,7 +32,7 @@ class AlbedoField(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         unit = (x / self.bound + 1) / 2
-        return torch.sigmoid(self.mlp(self.encoding(unit)))
+        return torch.sigmoid(encode(self.encoding, self.mlp, unit))
 
     def fit(self, target_fn: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor, steps: int,
             lr: float = 1e-2, batch: int = 1 << 14, generator: torch.Generator | None = None) -> float:

@@ -6,7 +6,8 @@ One program takes BLOCK points through one level, and the launch grid runs level
 gridencoder does: the GPU works on one level's slice of the table at a time (2^19 rows × F features, a few MB),
 which stays in L2, where taking every level at once (64 MB for the standard grid) would miss it on most
 gathers. Features and their gradients are laid out level-major [L, N, F] inside, so each level's reads and
-writes are contiguous; the one transposition to [N, L·F] is a plain copy. Each thread owns a point: its 8
+writes are contiguous; the one transposition to [N, L·F] is a plain copy, which the fused MLP's callers skip by
+taking the features level-major (kernels/mlp.py reads that layout). Each thread owns a point: its 8
 corners' rows are computed once in registers (dense index or the spatial hash, exactly as
 `TorchHashGrid.corners`; in uint32, which wraps mod 2^32 and so agrees with its int64 products once masked to
 the table). With the standard 2 features a row is one 8-byte word, fetched (and its gradient stored) in one
@@ -231,18 +232,18 @@ def _vector_atomics(device: torch.device) -> bool:
 
 class _TritonHashGridFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, params, grid):
+    def forward(ctx, x, params, grid, level_major):
         ctx.grid = grid
         ctx.save_for_backward(x, params)
         n, L, F = x.shape[0], grid.n_levels, grid.n_features
-        if n == 0:  # an empty launch grid is not a valid CUDA launch
-            return x.new_empty(0, grid.out_dim)
         out = x.new_empty(L, n, F)
+        if n == 0:  # an empty launch grid is not a valid CUDA launch
+            return out if level_major else x.new_empty(0, grid.out_dim)
         res, mult, off, _ = _layout(grid)
         _hashgrid_fwd[(triton.cdiv(n, BLOCK), L)](x, _words(params, F), _words(out, F), res, mult, off, n,
                                                   grid.n_dense, grid._mask, F=F, FP=triton.next_power_of_2(F),
                                                   BLOCK=BLOCK, num_warps=FORWARD_WARPS)
-        return out.permute(1, 0, 2).reshape(n, L * F)
+        return out if level_major else out.permute(1, 0, 2).reshape(n, L * F)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -255,16 +256,18 @@ class _TritonHashGridFunction(torch.autograd.Function):
         grad_params = torch.zeros_like(params) if want_params else params.new_empty(0)
         if n > 0 and (want_x or want_params):
             res, mult, off, n_merge = _layout(grid)
-            g = grad_out.float().reshape(n, L, F).permute(1, 0, 2).contiguous()  # level-major, as the kernel reads
+            g = grad_out.float()  # level-major, as the kernel reads
+            g = (g if g.dim() == 3 else g.reshape(n, L, F).permute(1, 0, 2)).contiguous()
             _hashgrid_bwd[(triton.cdiv(n, BLOCK), L)](x, _words(params, F), _words(g, F), grad_params, grad_x, res,
                                                       mult, off, n, grid.n_dense, n_merge, grid._mask, F=F,
                                                       FP=triton.next_power_of_2(F), WANT_PARAMS=want_params,
                                                       WANT_X=want_x, VECTOR=_vector_atomics(x.device),
                                                       BLOCK=BLOCK, num_warps=BACKWARD_WARPS)
-        return grad_x.sum(0) if want_x else None, grad_params if want_params else None, None
+        return grad_x.sum(0) if want_x else None, grad_params if want_params else None, None, None
 
 
-def hash_encode(x: torch.Tensor, params: torch.Tensor, grid) -> torch.Tensor:
+def hash_encode(x: torch.Tensor, params: torch.Tensor, grid, level_major: bool = False) -> torch.Tensor:
     """Features [N, levels·F] of points x [N,3] in [0,1]^3 (fp32, contiguous) from `grid`'s table `params` and
-    layout (a `TorchHashGrid`: its resolutions, hash multipliers and level offsets)."""
-    return _TritonHashGridFunction.apply(x, params, grid)
+    layout (a `TorchHashGrid`: its resolutions, hash multipliers and level offsets); level-major [levels, N, F]
+    with `level_major`, as the kernels lay them out (the fused MLP reads them so)."""
+    return _TritonHashGridFunction.apply(x, params, grid, level_major)

@@ -15,6 +15,10 @@ with the operands replicated across threads in registers, and measured slower th
 replace on an H200 (Triton 3.6, 2.2M rows 32→64→64→4, PyTorch fp32 1.8 ms forward and 3.8 ms backward: "ieee"
 1.9 and 8.2 ms, tf32x3 0.5 and 3.8 ms; a throwaway sweep).
 
+The input may also come level-major, [L, N, F] for N rows of L·F features (the hash grid's own layout,
+kernels/hashgrid.py): row r's feature j is then read from [j // F, r, j % F], and the input's gradient is written
+the same way, so the features are never transposed to [N, L·F] and back.
+
 Weight gradients sum over all N rows into a few thousand entries. Atomic adds per row block would send every
 block (tens of thousands) to the same addresses, serialised and in no fixed order; instead the backward grid is
 persistent: PROGRAMS_PER_SM programs per multiprocessor, each looping over every P-th row block and
@@ -38,11 +42,17 @@ INTERPRETED_PROGRAMS = 3
 
 
 @triton.jit
-def _rows(ptr, block, n, DIM: tl.constexpr, PAD: tl.constexpr, BLOCK: tl.constexpr):
-    """Pointers [BLOCK, PAD] to rows block·BLOCK.. of a row-major [n, DIM] tensor, and their mask."""
+def _rows(ptr, block, n, DIM: tl.constexpr, PAD: tl.constexpr, BLOCK: tl.constexpr, GROUP: tl.constexpr = 0):
+    """Pointers [BLOCK, PAD] to rows block·BLOCK.. of [n, DIM] values, and their mask: a row-major [n, DIM]
+    tensor, or with GROUP a level-major [DIM // GROUP, n, GROUP] one."""
     rows = (block * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
     cols = tl.arange(0, PAD)
-    return ptr + rows[:, None] * DIM + cols[None, :], (rows[:, None] < n) & (cols[None, :] < DIM)
+    if GROUP == 0:
+        offsets = rows[:, None] * DIM + cols[None, :]
+    else:
+        level = (cols // GROUP).to(tl.int64)
+        offsets = level[None, :] * n * GROUP + rows[:, None] * GROUP + (cols % GROUP)[None, :]
+    return ptr + offsets, (rows[:, None] < n) & (cols[None, :] < DIM)
 
 
 @triton.jit
@@ -70,9 +80,9 @@ def _store_grad(part_ptr, offset, g, ROWS: tl.constexpr, COLS: tl.constexpr, R: 
 @triton.jit
 def _mlp_fwd(x_ptr, w_in, b_in, w_mid, b_mid, w_out, b_out, out_ptr, n, N_IN: tl.constexpr, H: tl.constexpr,
              N_OUT: tl.constexpr, IN: tl.constexpr, OUT: tl.constexpr, HIDDEN_LAYERS: tl.constexpr,
-             BLOCK: tl.constexpr):
+             X_GROUP: tl.constexpr, BLOCK: tl.constexpr):
     block = tl.program_id(0)
-    ptrs, m = _rows(x_ptr, block, n, N_IN, IN, BLOCK)
+    ptrs, m = _rows(x_ptr, block, n, N_IN, IN, BLOCK, X_GROUP)
     wi, bi = _weight(w_in, b_in, H, N_IN, H, IN)
     h = tl.maximum(_linear(tl.load(ptrs, mask=m, other=0.0), wi, bi), 0.0)
     if HIDDEN_LAYERS == 2:
@@ -86,7 +96,7 @@ def _mlp_fwd(x_ptr, w_in, b_in, w_mid, b_mid, w_out, b_out, out_ptr, n, N_IN: tl
 @triton.jit
 def _mlp_bwd(x_ptr, g_ptr, w_in, b_in, w_mid, b_mid, w_out, b_out, gx_ptr, part_ptr, n, n_blocks,
              N_IN: tl.constexpr, H: tl.constexpr, N_OUT: tl.constexpr, IN: tl.constexpr, OUT: tl.constexpr,
-             HIDDEN_LAYERS: tl.constexpr, WANT_X: tl.constexpr, BLOCK: tl.constexpr):
+             HIDDEN_LAYERS: tl.constexpr, WANT_X: tl.constexpr, X_GROUP: tl.constexpr, BLOCK: tl.constexpr):
     gwi = tl.zeros([H, IN], dtype=tl.float32)
     gbi = tl.zeros([H], dtype=tl.float32)
     gwo = tl.zeros([OUT, H], dtype=tl.float32)
@@ -95,7 +105,7 @@ def _mlp_bwd(x_ptr, g_ptr, w_in, b_in, w_mid, b_mid, w_out, b_out, gx_ptr, part_
         gwm = tl.zeros([H, H], dtype=tl.float32)
         gbm = tl.zeros([H], dtype=tl.float32)
     for block in range(tl.program_id(0), n_blocks, tl.num_programs(0)):
-        ptrs, m = _rows(x_ptr, block, n, N_IN, IN, BLOCK)
+        ptrs, m = _rows(x_ptr, block, n, N_IN, IN, BLOCK, X_GROUP)
         x = tl.load(ptrs, mask=m, other=0.0)
         wi, bi = _weight(w_in, b_in, H, N_IN, H, IN)
         h1 = tl.maximum(_linear(x, wi, bi), 0.0)
@@ -118,7 +128,7 @@ def _mlp_bwd(x_ptr, g_ptr, w_in, b_in, w_mid, b_mid, w_out, b_out, gx_ptr, part_
         gwi = tl.dot(tl.trans(d), x, gwi, input_precision=PRECISION)
         gbi += tl.sum(d, axis=0)
         if WANT_X:
-            ptrs, m = _rows(gx_ptr, block, n, N_IN, IN, BLOCK)
+            ptrs, m = _rows(gx_ptr, block, n, N_IN, IN, BLOCK, X_GROUP)
             tl.store(ptrs, tl.dot(d, wi, input_precision=PRECISION), mask=m)
     # This program's row of the partials, laid out as the parameters are ordered: w_in, b_in, (w_mid, b_mid,)
     # w_out, b_out, each flattened.
@@ -139,11 +149,17 @@ def _pad(width: int) -> int:
     return max(16, triton.next_power_of_2(width))
 
 
+def _rows_of(x: torch.Tensor) -> int:
+    """The number of rows of an input [N, in] or a level-major one [L, N, F]."""
+    return x.shape[1] if x.dim() == 3 else x.shape[0]
+
+
 def _shapes(x: torch.Tensor, params) -> dict:
-    """The kernels' constexprs for input x and the parameters (w_in, b_in, [w_mid, b_mid,] w_out, b_out)."""
-    n_in, n_out = x.shape[1], params[-2].shape[0]
+    """The kernels' constexprs for input x ([N, in], or level-major [L, N, F]) and the parameters (w_in, b_in,
+    [w_mid, b_mid,] w_out, b_out)."""
+    n_in, n_out = params[0].shape[1], params[-2].shape[0]
     return dict(N_IN=n_in, H=params[0].shape[0], N_OUT=n_out, IN=_pad(n_in), OUT=_pad(n_out),
-                HIDDEN_LAYERS=len(params) // 2 - 1)
+                HIDDEN_LAYERS=len(params) // 2 - 1, X_GROUP=x.shape[2] if x.dim() == 3 else 0)
 
 
 def _programs(x: torch.Tensor, n_blocks: int) -> int:
@@ -166,7 +182,7 @@ class _FusedMLP(torch.autograd.Function):
         params = tuple(p.contiguous() for p in params)
         ctx.save_for_backward(x, *params)
         shapes = _shapes(x, params)
-        n = x.shape[0]
+        n = _rows_of(x)
         out = x.new_empty(n, shapes["N_OUT"])
         if n == 0:  # an empty launch grid is not a valid CUDA launch
             return out
@@ -179,7 +195,7 @@ class _FusedMLP(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, *params = ctx.saved_tensors
         shapes = _shapes(x, params)
-        n, want_x = x.shape[0], ctx.needs_input_grad[0]
+        n, want_x = _rows_of(x), ctx.needs_input_grad[0]
         grad_x = torch.empty_like(x) if want_x else None
         if n == 0:
             return (grad_x, *(torch.zeros_like(p) for p in params))
@@ -195,5 +211,8 @@ class _FusedMLP(torch.autograd.Function):
 
 def fused_mlp(x: torch.Tensor, params) -> torch.Tensor:
     """y [N, out] for rows x [N, in] (fp32) through Linear, ReLU, ..., Linear with `params` = (weight, bias) of
-    each Linear in order: 1 or 2 hidden layers of one width (a power of two, 16-64), in ≤ 64, out ≤ 16."""
+    each Linear in order: 1 or 2 hidden layers of one width (a power of two, 16-64), in ≤ 64, out ≤ 16. x may
+    be level-major, [L, N, F] with L·F = in (its gradient then comes in that shape too)."""
+    if x.dim() == 3 and x.shape[0] * x.shape[2] != params[0].shape[1]:
+        raise ValueError(f"Level-major features {tuple(x.shape)} do not give the MLP's {params[0].shape[1]} inputs.")
     return _FusedMLP.apply(x, *params)
