@@ -151,7 +151,19 @@ def test_level_major_features_give_the_row_major_results(shape, n):
         assert (n == 0 or _rel(ref(x), yb) <= TOL_ROWS)
 
 
-def test_level_major_features_of_the_wrong_width_are_refused():
+def test_features_of_the_wrong_width_are_refused():
     _, fused = _pair(SHAPES[0])
-    with pytest.raises(ValueError, match="do not give the MLP's 32 inputs"):
-        fused(torch.zeros(8, 5, 2, device=DEVICE))
+    for x in (torch.zeros(8, 5, 2, device=DEVICE), torch.zeros(8, 30, device=DEVICE)):
+        with pytest.raises(ValueError, match="do not give the MLP's 32 inputs"):
+            fused(x)
+
+
+def test_level_major_features_under_autocast_run_the_sequentials_layers():
+    """Autocast asks for the layers in lower precision, which the kernels do not compute: the features are then
+    transposed and go through the Sequential's layers, as row-major ones do."""
+    ref, fused = _pair(SHAPES[0])
+    lm = torch.randn(16, 100, 2, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    x = lm.permute(1, 0, 2).reshape(100, 32)
+    with torch.no_grad(), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        a, b = ref(x), fused(lm)
+    assert b.dtype == torch.bfloat16 and torch.equal(a, b)

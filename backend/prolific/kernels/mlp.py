@@ -213,6 +213,7 @@ def fused_mlp(x: torch.Tensor, params) -> torch.Tensor:
     """y [N, out] for rows x [N, in] (fp32) through Linear, ReLU, ..., Linear with `params` = (weight, bias) of
     each Linear in order: 1 or 2 hidden layers of one width (a power of two, 16-64), in ≤ 64, out ≤ 16. x may
     be level-major, [L, N, F] with L·F = in (its gradient then comes in that shape too)."""
-    if x.dim() == 3 and x.shape[0] * x.shape[2] != params[0].shape[1]:
-        raise ValueError(f"Level-major features {tuple(x.shape)} do not give the MLP's {params[0].shape[1]} inputs.")
+    width = x.shape[0] * x.shape[2] if x.dim() == 3 else x.shape[1]
+    if width != params[0].shape[1]:
+        raise ValueError(f"Features {tuple(x.shape)} do not give the MLP's {params[0].shape[1]} inputs.")
     return _FusedMLP.apply(x, *params)
