@@ -237,12 +237,11 @@ class _TritonHashGridFunction(torch.autograd.Function):
         ctx.save_for_backward(x, params)
         n, L, F = x.shape[0], grid.n_levels, grid.n_features
         out = x.new_empty(L, n, F)
-        if n == 0:  # an empty launch grid is not a valid CUDA launch
-            return out if level_major else x.new_empty(0, grid.out_dim)
-        res, mult, off, _ = _layout(grid)
-        _hashgrid_fwd[(triton.cdiv(n, BLOCK), L)](x, _words(params, F), _words(out, F), res, mult, off, n,
-                                                  grid.n_dense, grid._mask, F=F, FP=triton.next_power_of_2(F),
-                                                  BLOCK=BLOCK, num_warps=FORWARD_WARPS)
+        if n > 0:  # an empty launch grid is not a valid CUDA launch
+            res, mult, off, _ = _layout(grid)
+            _hashgrid_fwd[(triton.cdiv(n, BLOCK), L)](x, _words(params, F), _words(out, F), res, mult, off, n,
+                                                      grid.n_dense, grid._mask, F=F, FP=triton.next_power_of_2(F),
+                                                      BLOCK=BLOCK, num_warps=FORWARD_WARPS)
         return out if level_major else out.permute(1, 0, 2).reshape(n, L * F)
 
     @staticmethod

@@ -84,8 +84,8 @@ def module_layout(prior, options: SpeedOptions):
     processors = dict(unet.attn_processors)
     unet.set_attn_processor(attention_processor(options.sdpa))
     report = {"attention": ",".join(sorted({type(p).__name__ for p in unet.attn_processors.values()}))}
-    vae_processors = dict(vae.attn_processors) if vae is not None else {}
-    if options.vae_matmul and vae_processors:
+    vae_processors = dict(vae.attn_processors) if options.vae_matmul and vae is not None else {}
+    if vae_processors:
         vae.set_attn_processor(attention_processor(False))
         report["vae_attention"] = "AttnProcessor"
     if options.channels_last:
