@@ -144,6 +144,24 @@ def test_oversized_objects_appear_only_under_the_empty_caption():
     assert fill[empty].mean() > 2 * fill[~empty].mean()  # grown 1.3-2.2x: about 3x the area
 
 
+def test_the_oversized_share_and_scales_are_settings_and_bad_ones_are_refused(capsys):
+    from prolific.toy import train
+
+    none = ToyData(image_size=16, supersample=1, oversize=0.0).sample(200, torch.Generator().manual_seed(5))
+    assert "" not in none.captions
+    big = ToyData(image_size=16, supersample=1, oversize=0.5, oversize_scale=(2.0, 2.2))
+    batch = big.sample(200, torch.Generator().manual_seed(5))
+    empty = torch.tensor([c == "" for c in batch.captions])
+    assert 70 <= int(empty.sum()) <= 130
+    assert (batch.cameras.distance[empty] <= CameraConfig.camera_distance[1] / 2.0 + 1e-4).all()
+    for bad in (["--oversize", "1.0"], ["--oversize-scale", "0.8,2.0"], ["--oversize-scale", "1.5,3"],
+                ["--oversize-scale", "big"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_args(["--out", "unused", *bad])
+        assert exit_info.value.code == 2
+        assert "oversize" in capsys.readouterr().err
+
+
 def test_size_probe_finds_the_prior_shrinking_an_object_twice_its_size():
     from prolific.prior.diffusion import load_prior
     from prolific.toy import size_probe

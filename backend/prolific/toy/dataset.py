@@ -41,6 +41,16 @@ OVERSIZE_SCALE = (1.3, 2.2)  # their scale; 2.2 keeps the nearest camera (1.0/2.
 CAPTION_SECTORS_DEG = (45.0, 45.0, 60.0)
 
 
+def check_oversize(share: float, scale: tuple[float, float]) -> None:
+    """ValueError unless `share` is in [0, 1) and 1 <= low <= high <= the largest scale a camera allows."""
+    low, high = scale
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"the oversized share must be in [0, 1), got {share}")
+    if not 1.0 <= low <= high <= OVERSIZE_SCALE[1]:
+        raise ValueError(f"the oversized scales must satisfy 1 <= low <= high <= {OVERSIZE_SCALE[1]} (any nearer "
+                         f"and a camera could sit inside an object), got {low}, {high}")
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # [B,3,H,W] in [0,1]
@@ -54,7 +64,10 @@ class ToyData:
     """Random batches of captioned renders. Deterministic for a given torch.Generator (on `device`)."""
 
     def __init__(self, image_size: int = 64, holdout: bool = True, supersample: int = 2,
-                 cameras: CameraConfig | None = None):
+                 cameras: CameraConfig | None = None, oversize: float = P_OVERSIZE,
+                 oversize_scale: tuple[float, float] = OVERSIZE_SCALE):
+        check_oversize(oversize, oversize_scale)
+        self.oversize, self.oversize_scale = oversize, tuple(oversize_scale)
         self.image_size = image_size
         self.pairs = training_pairs(holdout)
         self.supersample = supersample
@@ -72,8 +85,8 @@ class ToyData:
         albedo = torch.tensor([PALETTE[c] for c in colours], device=g_device)
         albedo = (albedo + ALBEDO_JITTER * (2 * rand(n, 3) - 1)).clamp(0, 1)
         cameras = sample_cameras(n, self.cameras, generator, g_device)
-        low, high = OVERSIZE_SCALE
-        oversize = rand(n) < P_OVERSIZE
+        low, high = self.oversize_scale
+        oversize = rand(n) < self.oversize
         cameras = cameras.nearer(torch.where(oversize, low + (high - low) * rand(n), torch.ones(n, device=g_device)))
         light = sample_light_dirs(cameras, generator)
         ambient = 0.3 + 0.25 * rand(n)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .dataset import ToyData
+from .dataset import OVERSIZE_SCALE, P_OVERSIZE, ToyData, check_oversize
 from .model import PREDICTION_TYPES, build_models, build_tokenizer, fp16_bytes, make_scheduler, save_model, tokenize
 from .train_step import make_optimizer, make_step, set_lr
 
@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep the UNet's activations channels-last on CUDA (default: NCHW)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from an exported model folder (its weights as model and EMA, a fresh optimiser)")
+    p.add_argument("--oversize", type=float, default=P_OVERSIZE,
+                   help="share of images showing an object larger than life under the empty caption")
+    p.add_argument("--oversize-scale", type=_scale_range, default=OVERSIZE_SCALE, metavar="LOW,HIGH",
+                   help="the range of their scale")
     p.add_argument("--pool", type=int, default=8192, help="images kept rendered on the device")
     p.add_argument("--chunk", type=int, default=1024, help="images rendered per refresh")
     p.add_argument("--reuse", type=float, default=8.0, help="mean number of times each rendered image is used")
@@ -71,10 +75,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)
+    try:
+        check_oversize(args.oversize, args.oversize_scale)
+    except ValueError as err:
+        p.error(str(err))
     args.work = args.work or args.out.with_name(args.out.name + "-train")
     args.pool = max(args.pool, args.batch)
     args.chunk = min(args.chunk, args.pool)
     return args
+
+
+def _scale_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as 1.3,2.2, got '{text}'") from None
+    return low, high
 
 
 def log(msg: str) -> None:
@@ -205,7 +221,8 @@ def train(args: argparse.Namespace, device: torch.device, t_start: float) -> dic
     scheduler = make_scheduler(args.prediction)
     alphas = scheduler.alphas_cumprod.to(device)
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
-    data = ToyData(int(unet.config.sample_size), holdout=args.holdout)
+    data = ToyData(int(unet.config.sample_size), holdout=args.holdout, oversize=args.oversize,
+                   oversize_scale=args.oversize_scale)
     pool = Pool(data, tokenizer, args.pool, device, generator)
     fill_start = time.monotonic()
     while pool.filled < len(pool.images):
@@ -235,7 +252,8 @@ def train(args: argparse.Namespace, device: torch.device, t_start: float) -> dic
     def run_info() -> dict:
         return {"steps": step, "batch": args.batch, "prediction": args.prediction,
                 "train_minutes": round((seconds_before + time.monotonic() - loop_start) / 60, 2),
-                "holdout": args.holdout, "final_loss": state["losses"][-1][1] if state["losses"] else None,
+                "holdout": args.holdout, "oversize": [args.oversize, *args.oversize_scale],
+                "final_loss": state["losses"][-1][1] if state["losses"] else None,
                 "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
 
     def loss_fn(x_t, t, ids, target) -> torch.Tensor:
