@@ -191,3 +191,4 @@ def test_half_precision_mlp_keeps_fp32_outputs_and_exact_normals(precision):
     sigma, albedo = half(x)
     assert sigma.dtype == albedo.dtype == torch.float32
     assert float((sigma - s_full).abs().max() / s_full.abs().max()) < 2e-2
+    assert float((albedo - a_full).abs().max()) < 2e-2  # albedo is a sigmoid in [0, 1]
