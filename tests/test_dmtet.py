@@ -232,6 +232,32 @@ def test_the_initial_grid_is_fitted_to_the_object_and_resolves_it_finer():
     assert errors[True] < 0.5 * errors[False]
 
 
+def test_the_auto_level_keeps_a_translucent_nerf_whole_and_a_dense_one_at_its_edge(capsys):
+    """geometry.density_threshold "auto" (threestudio's): the mean density where positive. A short run's NeRF
+    is a translucent cloud (the demo's peak at 7-13): a fixed level 5 keeps only its core, auto most of it. On a
+    dense object with a sharp edge every level gives the same surface."""
+    from types import SimpleNamespace
+
+    from prolific.config import make_config
+    from prolific.stages.geometry import initial_dmtet, surface_level
+
+    grid = TetGrid.build(24, 1.0)
+    gcfg = dataclasses.replace(make_config("x", "demo").geometry, tet_res=24)
+    assert gcfg.density_threshold == "auto"
+    cloud = SimpleNamespace(density=lambda x: 8.0 * torch.exp(-x.square().sum(-1) / (2 * 0.25 ** 2)))
+    volumes = {level: mesh_stats(initial_dmtet(grid, cloud, dataclasses.replace(gcfg, density_threshold=level))
+                                 .mesh())["volume"] for level in ("auto", 5.0)}
+    sigma = cloud.density(grid.vertices)
+    assert surface_level(sigma, ~grid.boundary, "auto") == pytest.approx(float(sigma[sigma > 1e-5].mean()))
+    assert volumes["auto"] > 4 * volumes[5.0]
+    radius = 0.4
+    ball = initial_dmtet(grid, _ball_density(torch.zeros(3), radius), gcfg).mesh().detach()
+    assert float((ball.positions.norm(dim=-1) - radius).abs().mean()) < 0.5 * grid.cell
+    empty = torch.zeros_like(sigma)
+    assert surface_level(empty, ~grid.boundary, "auto") == 0.0  # nothing there: half of a zero peak, no error
+    assert "never reaches density" in capsys.readouterr().err
+
+
 def test_the_clamped_init_keeps_the_object_with_an_sdf_in_density_units():
     """geometry.sdf_init = clamped (both references): clamp(threshold − σ, −1, 1); the level set is the same
     object, its vertices sit where the clamped values cross zero."""
