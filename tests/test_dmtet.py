@@ -235,7 +235,7 @@ def test_the_initial_grid_is_fitted_to_the_object_and_resolves_it_finer():
 def test_the_auto_level_keeps_a_translucent_nerf_whole_and_a_dense_one_at_its_edge(capsys):
     """geometry.density_threshold "auto" (threestudio's): the mean density where positive. A short run's NeRF
     is a translucent cloud (the demo's peak at 7-13): a fixed level 5 keeps only its core, auto most of it. On a
-    dense object with a sharp edge every level gives the same surface."""
+    dense object with a sharp edge auto finds that edge."""
     from types import SimpleNamespace
 
     from prolific.config import make_config
