@@ -1,5 +1,6 @@
 """Captured diffusion work (prior/graphs.py, `prior.speed=graphs`): the eager fallback on the CPU, and on a GPU
-the same gradients from replayed graphs as from eager calls, across a resolution change."""
+the same gradients from replayed graphs as from eager calls, across a resolution change; the estimator's update
+on its own stream (prior/update_stream.py, `overlap`) gives the numbers of the inline one."""
 from __future__ import annotations
 
 import json
@@ -41,10 +42,11 @@ def test_the_bench_says_how_the_diffusion_work_ran(capsys, tiny_sd_model):
     from prolific.cli import main
 
     assert main(["bench", "stage1", "--model", str(tiny_sd_model), "--resolutions", "16", "--steps", "1",
-                 "--warmup", "1", "--opt", "sdpa,batch,graphs", "--device", "cpu"]) == 0
+                 "--warmup", "1", "--opt", "sdpa,batch,graphs,overlap", "--device", "cpu"]) == 0
     out = capsys.readouterr()
     (variant,) = json.loads(out.out)["variants"]
     assert variant["resolutions"]["16"]["graphs"] == "eager: CUDA graphs need a CUDA device"
+    assert variant["applied"]["overlap"] == "inline"  # a side stream needs CUDA too
     assert out.err.count("CUDA graphs need a CUDA device") == 1
 
 
@@ -58,13 +60,14 @@ def test_captures_without_cuda_call_the_function():
 
 # -- on a GPU (the lead runs these on the device machine) -------------------------------------------------------
 
-def _estimator(model, cfg, eager: bool):
+def _estimator(model, cfg, eager: bool, overlap: bool = False):
     """An estimator with graphs on its own copy of the prior (same weights, same seed); `eager` turns its
     captures off before the first step, so both run the very same code (capturable AdamW included)."""
     prior = load_prior(str(model), torch.device("cuda"), torch.float16)
     torch.manual_seed(0)
     said: list = []
-    distill = ScoreDistillation(prior, cfg.prior, "vsd", batched=True, graphs=True, say=said.append)
+    distill = ScoreDistillation(prior, cfg.prior, "vsd", batched=True, graphs=True, overlap=overlap,
+                                say=said.append)
     with torch.no_grad():  # non-zero LoRA B and camera output, so ε_φ differs from the pretrained branch
         g = torch.Generator().manual_seed(5)
         for name in sorted(distill.lora_params):
@@ -130,3 +133,34 @@ def test_a_function_that_cannot_be_captured_runs_eagerly_and_says_so_once():
     for _ in range(WARMUP + 3):
         assert torch.equal(syncing(x), x * 6.0)
     assert not captures.enabled and len(said) == 1 and "a syncing function" in said[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_update_on_its_own_stream_gives_the_inline_numbers(tiny_sd_model):
+    """As the stages order a step: the loss, the estimator's update, then the particles' backward, which on the
+    side stream runs while the update does. The same kernels on the same inputs: 1e-5 of the norm (nothing
+    but summation order could differ); the main stream reading the LoRA mid-update, or the allocator handing
+    out a render's memory the update still reads, changes them by O(1)."""
+    cfg = make_config("a red teapot", "test")
+    runs = [_estimator(tiny_sd_model, cfg, eager=False, overlap=overlap) for overlap in (True, False)]
+    (_, side, _), (_, inline, _) = runs
+    assert side.updates.name == "side stream" and inline.updates.name == "inline"
+    prompt = [prior.embed_prompt(cfg.prompt) for prior, _, _ in runs]
+    gens = [torch.Generator("cuda").manual_seed(1) for _ in runs]
+    image_gen = torch.Generator("cuda").manual_seed(2)
+    c2w = (torch.eye(4) + 0.3 * torch.randn(4, 4, generator=torch.Generator().manual_seed(3))).cuda()[None]
+    before = inline.state_dict()["lora"]
+    for step, res in enumerate([32] * (WARMUP + 3) + [64] * (WARMUP + 3)):
+        pixels = torch.rand(1, 3, res, res, generator=image_gen, device="cuda")
+        grads = []
+        for (prior, distill, _), emb, gen in zip(runs, prompt, gens):
+            images = pixels.clone().requires_grad_(True)
+            loss, _ = distill.loss(images, c2w, ["front"], emb, step, 100, gen)
+            distill.update_estimator(gen)
+            loss.backward()
+            grads.append(images.grad)
+        assert grads[1].norm() > 0 and _rel(grads[0], grads[1]) < 1e-5, step
+    states = [d.state_dict()["lora"] for d in (side, inline)]
+    assert all(_rel(states[0][name], value) < 1e-5 for name, value in states[1].items())
+    assert any(_rel(before[name], value) > 1e-3 for name, value in states[1].items())  # the updates did train

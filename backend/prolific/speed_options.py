@@ -27,6 +27,7 @@ class SpeedOptions:
     batch: bool = False  # CFG pair + LoRA branch in one UNet call, the LoRA gated per sample
     fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
     graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)
+    overlap: bool = False  # the estimator's update on its own CUDA stream, beside the particles' backward and render
 
     @classmethod
     def parse(cls, text: str, warn: Callable[[str], None] | None = None) -> "SpeedOptions":
@@ -65,4 +66,4 @@ def already_told(message: str) -> None:
 
 def best_options() -> SpeedOptions:
     return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True,
-                        fused_adam=True, graphs=True)
+                        fused_adam=True, graphs=True, overlap=True)

@@ -102,6 +102,8 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
                                  **speed.estimator_kwargs(options))
     if guidance.batched:
         out["applied"]["batch"] = "cfg+lora in one call"
+    if options.overlap and vsd:
+        out["applied"]["overlap"] = guidance.updates.name
     dmtets = [initial_surface(cfg, device, args.seed + k) for k in range(args.particles)]
     fused = speed.fused_adam(options, device)
     if stage == "stage2":
@@ -150,7 +152,7 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
                                    cancel=threading.Event(), generator=torch.Generator(device).manual_seed(args.seed))
 
                 def loop():
-                    timer.steps = []
+                    timer.reset()
                     if stage == "stage2":
                         def step_fn(i):
                             return geometry.train_step(ctx, raster, dmtets, optimizers, guidance, i)
@@ -178,10 +180,10 @@ def run_resolution(stage, name, res, loop, timer, guidance, args, device, out) -
     try:
         loop()
     except Exception as err:  # noqa: BLE001
-        timer.marks = []
+        timer.reset()
         return common.record_failure(result, err, device)
     result["wall_s"] = round(time.perf_counter() - start, 2)
-    timer.steps = timer.steps[:-1]  # the last iteration also saved a preview
+    timer.drop_last()  # the last iteration also saved a preview
     result.update(timer.summary(skip=args.warmup))
     result.update(common.graphs_block(guidance, captured_before))
     ms = result.get("ms_per_step")

@@ -99,6 +99,8 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
         raise
     if distill.batched:
         applied["batch"] = "cfg+lora in one call"
+    if options.overlap:
+        applied["overlap"] = distill.updates.name
     torch.manual_seed(seed + 1)
     particles = make_particles(cfg.nerf, cfg.hash_grid, device, n_particles, reference, reference_occupancy)
     fused = speed.fused_adam(options, device)
@@ -180,11 +182,11 @@ def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, gener
                 nerf_stage.update_occupancy(particles, ctx.generators)
                 timer.pop()
             rgb = nerf_stage.train_step(ctx, particles, optimizers, distill, i)
-        losses.append(float(rgb.float().mean()))
+        losses.append(rgb.float().mean())  # read after the timed steps: no wait for the GPU inside them
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timer.steps = []
+    timer.reset()
     result: dict = {}
     captured_before = common.capture_seconds(distill)
     log(f"bench stage1 [{name}] {res}px: {args.warmup} warm-up step(s)")
@@ -207,7 +209,7 @@ def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, gener
     if ms:
         result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)
     result.update(common.memory_block(device))
-    result["render_finite"] = all(math.isfinite(v) for v in losses)
+    result["render_finite"] = all(math.isfinite(float(v)) for v in losses)
     if particles[0].occupancy is not None:
         result["occupied_fraction"] = round(particles[0].occupancy.occupied_fraction, 4)
     log(f"bench stage1 [{name}] {res}px: {ms:.1f} ms/step " + " ".join(

@@ -2,8 +2,10 @@
 
 Methods of the step's objects are wrapped (instance attributes, undone afterwards) so that entering and leaving
 each marks a transition; the time between consecutive transitions belongs to the innermost part running, so the
-parts are exclusive and add up to the step. On CUDA every transition records an event (no synchronisation
-inside the step); on the CPU it reads the clock.
+parts are exclusive and add up to the step. On CUDA every transition records an event and nothing synchronises
+until the steps are read (`summary`), so the host runs ahead of the GPU across steps as in a job; on the CPU it
+reads the clock. The events are on the current stream: work on another stream (the estimator's update with
+`overlap`) counts only where the current stream waits for it.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ class PartTimer:
         self.stack: list[str] = []
         self.base = "other"
         self.marks: list[tuple[str, object]] = []
-        self.steps: list[dict[str, float]] = []
+        self.ended: list[list[tuple[str, object]]] = []  # each ended step's marks, read by `steps`
 
     def _now(self):
         if self.cuda:
@@ -58,19 +60,35 @@ class PartTimer:
         self._mark()
 
     def end(self) -> None:
-        """Close the step begun last: synchronise once and sum its intervals per part."""
+        """Close the step begun last (its times are read later, without waiting for the GPU now)."""
         if not self.marks:
             return
         self._mark()
-        if self.cuda:
-            torch.cuda.synchronize()
-        parts: dict[str, float] = {}
-        for (part, start), (_, end) in zip(self.marks, self.marks[1:]):
-            ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
-            parts[part] = parts.get(part, 0.0) + ms
-        parts["total"] = sum(parts.values())
-        self.steps.append(parts)
+        self.ended.append(self.marks)
         self.marks = []
+
+    def reset(self) -> None:
+        """Forget every step, ended or open."""
+        self.marks, self.ended = [], []
+
+    def drop_last(self) -> None:
+        """Forget the last ended step."""
+        self.ended.pop()
+
+    @property
+    def steps(self) -> list[dict[str, float]]:
+        """Each ended step's ms per part and in total (waits for the GPU once)."""
+        if self.cuda and self.ended:
+            torch.cuda.synchronize()
+        steps = []
+        for marks in self.ended:
+            parts: dict[str, float] = {}
+            for (part, start), (_, end) in zip(marks, marks[1:]):
+                ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+                parts[part] = parts.get(part, 0.0) + ms
+            parts["total"] = sum(parts.values())
+            steps.append(parts)
+        return steps
 
     @contextlib.contextmanager
     def step(self):

@@ -1,9 +1,10 @@
 """What a job's (or a bench variant's) speed options mean for the prior, each applied in one explicit place.
 
 - bf16: the dtype the prior is loaded in (`prior_dtype`; a job gets it through device.job_dtype).
-- batch, fused-adam, graphs: arguments of the estimator (`estimator_kwargs` → prior/vsd.ScoreDistillation),
-  which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as one fused kernel / its
-  diffusion work as replayed CUDA graphs (prior/graphs.py).
+- batch, fused-adam, graphs, overlap: arguments of the estimator (`estimator_kwargs` →
+  prior/vsd.ScoreDistillation), which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as
+  one fused kernel / its diffusion work as replayed CUDA graphs (prior/graphs.py) / its update on a CUDA stream
+  of its own (prior/update_stream.py).
 - tf32, sdpa, channels-last, vae-matmul: settings of the process and of the shared UNet/VAE, set by `applied`
   for the span of a job's steps and put back as they were on exit, so the long-lived server carries none into
   the next job.
@@ -24,12 +25,13 @@ def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     """The options a generation runs with (`prior.speed`). "auto" keeps what the bench showed to help or to save
     memory without changing results (tests/test_speed.py, tests/test_graphs.py); anything else is parsed like
     the bench's --opt. On CUDA that is `best` in the default fp16 precision: graphs joined it after end-to-end
-    demo jobs on an H200 (bench_results/2026-12-02_h200_e2e_demo.txt)."""
+    demo jobs on an H200 (bench_results/2026-12-02_h200_e2e_demo.txt), overlap after a stage-1 step at 64 px took
+    53.4 ms with it and 68.4 without, side by side (bench_results/2026-12-02_h200_stage1_overlap.json)."""
     if text != "auto":
         return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
         return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True, fused_adam=True,
-                            graphs=True)
+                            graphs=True, overlap=True)
     return SpeedOptions(sdpa=True, batch=True)
 
 
@@ -47,7 +49,8 @@ def prior_dtype(options: SpeedOptions, device: torch.device) -> torch.dtype:
 
 def estimator_kwargs(options: SpeedOptions) -> dict:
     """The ScoreDistillation arguments that `options` choose."""
-    return {"batched": options.batch, "fused_adam": options.fused_adam, "graphs": options.graphs}
+    return {"batched": options.batch, "fused_adam": options.fused_adam, "graphs": options.graphs,
+            "overlap": options.overlap}
 
 
 # -- process-wide flags and the shared modules' layout, for the span of a job ----------------------------------

@@ -16,7 +16,8 @@ pretrained samples), else one call per branch; `separate_estimator=True` keeps t
 the reference implementations do (the bench's side-by-side baseline); `fused_adam` picks the single-kernel AdamW
 on CUDA; `graphs=True` replays CUDA graphs (prior/graphs.py) of the VAE encoder's forward and backward, of the
 batched branches and of the LoRA update step, per shape, and runs them eagerly where capture is impossible
-(saying so once through `say`).
+(saying so once through `say`); `overlap=True` runs the estimator's update on its own CUDA stream, beside the
+particles' next step (prior/update_stream.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import torch.nn as nn
 from ..config import PriorConfig
 from .diffusion import DiffusionPrior, PromptEmbeddings, guided_eps
 from .graphs import Captures
+from .update_stream import make_updates
 
 ADAPTER = "vsd"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -99,7 +101,7 @@ class ScoreDistillation:
 
     def __init__(self, prior: DiffusionPrior, cfg: PriorConfig, guidance: str, batched: bool = False,
                  separate_estimator: bool = False, fused_adam: bool = False, graphs: bool = False,
-                 say: Callable[[str], None] = _to_stderr,
+                 overlap: bool = False, say: Callable[[str], None] = _to_stderr,
                  reduce_grads: Callable[[list, int], None] | None = None):
         """`reduce_grads(params, rows)`, when given, runs between the estimator's backward and its optimizer
         step (stages/distributed.py: the mean over every process's renders)."""
@@ -114,6 +116,8 @@ class ScoreDistillation:
         self.gate = LoraSampleGate()
         self.reduce_grads = reduce_grads
         self.captures = Captures(prior.device, say) if graphs else None
+        # Over several processes the update all-reduces its gradients mid-step: it stays on the current stream.
+        self.updates = make_updates(overlap and guidance == "vsd" and reduce_grads is None, prior.device)
         # What the loss and the estimator's update call: captured per shape, or the eager methods themselves.
         self._encoder: Callable = prior.encode_images
         self._pretrained: Callable = prior.predict_noise
@@ -274,6 +278,7 @@ class ScoreDistillation:
         t = self._sample_t(B, t_lo, t_hi, generator)
         noise = self._noise(x0, generator)
         cond, uncond = prompt.get(directions)
+        self.updates.wait()  # the UNet's LoRA and camera MLP as the last estimator update left them
         with torch.no_grad():
             ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
             x_t = ab.sqrt() * x0.detach() + (1 - ab).sqrt() * noise
@@ -294,7 +299,8 @@ class ScoreDistillation:
             if self._batch_used:
                 self._batch, self._batch_used = [], False
             self._batch.append((x0.detach(), c2w.detach().to(prior.device).float(), phi_cond.detach()))
-        info = {"t": t.float().mean().item(), "t_range": (t_lo, t_hi), "grad_norm": grad.norm().item()}
+        # 0-dim tensors, not floats: reading one waits for the GPU, and a step that does not read them must not.
+        info = {"t": t.float().mean(), "t_range": (t_lo, t_hi), "grad_norm": grad.norm()}
         return loss, info
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -309,26 +315,30 @@ class ScoreDistillation:
     # -- the estimator's own training -----------------------------------------------------------------------
 
     def update_estimator(self, generator: torch.Generator | None = None,
-                         rows: Sequence[torch.Generator] | None = None) -> float:
+                         rows: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """cfg.lora_steps_per_iter AdamW steps of the LoRA + camera MLP on the renders stored by `loss` since the
         last update (all particles), each at its own random t in [lora_t_min, lora_t_max]:
         min ‖ε_φ(x_t, t, c, y) − ε‖², the camera c zeroed on a cfg.camera_dropout share of the steps (so ε_φ
         also learns the camera-free score, as both references do). t and the noise come from `rows` (one
         generator per stored render) when given, else from `generator`, which draws the dropout. Returns the last
-        step's loss."""
+        step's loss, a 0-dim tensor (reading it waits for the GPU; with overlap, read it after the next `loss`)."""
         if self.guidance != "vsd" or not self._batch:
-            return 0.0
+            return torch.zeros(())
         shape = self._batch[-1][0].shape[1:]
         batch = [b for b in self._batch if b[0].shape[1:] == shape]
-        x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
         self._batch_used = True
+        return self.updates.run(lambda: self._update(batch, generator, rows),
+                                reads=[tensor for row in batch for tensor in row])
+
+    def _update(self, batch: list, generator, rows) -> torch.Tensor:
+        x0, c2w, cond = (torch.cat(parts) for parts in zip(*batch))
         for _ in range(self.cfg.lora_steps_per_iter):
             # Random numbers come from the job's generators (one per row where given), outside any captured graph.
             t = self._sample_t(x0.shape[0], self.cfg.lora_t_min, self.cfg.lora_t_max, rows or generator)
             noise = self._noise(x0, rows or generator)
             dropped = self.cfg.camera_dropout > 0 and self._uniform(generator) < self.cfg.camera_dropout
             loss = self._train(x0, t, noise, torch.zeros_like(c2w) if dropped else c2w, cond)
-        return loss.item()
+        return loss.detach()
 
     def _train_step(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, c2w: torch.Tensor,
                     cond: torch.Tensor) -> torch.Tensor:
@@ -348,6 +358,7 @@ class ScoreDistillation:
     # -- checkpoints ----------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
+        self.updates.wait()
         if self.guidance != "vsd":
             return {"guidance": self.guidance}
         return {
@@ -362,6 +373,7 @@ class ScoreDistillation:
             raise ValueError(f"Checkpoint holds a '{state.get('guidance')}' estimator, not '{self.guidance}'.")
         if self.guidance != "vsd":
             return
+        self.updates.wait()
         missing = set(self.lora_params) ^ set(state["lora"])
         if missing:
             raise ValueError(f"LoRA checkpoint does not match this UNet ({len(missing)} tensors differ).")
@@ -385,6 +397,7 @@ class ScoreDistillation:
 
     def close(self) -> None:
         """Detach the estimator from the shared UNet (the prior stays loaded for the next job)."""
+        self.updates.wait()
         if self._hook is not None:
             self._hook.remove()
             self._hook = None

@@ -172,6 +172,9 @@ def train_step(ctx: StageContext, particles: list[Particle], optimizers: list, e
     images = torch.cat([r["rgb"] for r in renders])
     directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
     loss, _ = estimator.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, ncfg.steps, generators)
+    # The estimator's update reads this step's renders (stored by `loss`), nothing the particles' backward
+    # computes: issued before it, with overlap it runs beside it (prior/update_stream.py).
+    estimator.update_estimator(ctx.generator, generators)
     # The losses are means over the job's renders: this process's part of them.
     share = len(particles) / ctx.cfg.particles
     sampled = None
@@ -183,7 +186,6 @@ def train_step(ctx: StageContext, particles: list[Particle], optimizers: list, e
     loss.backward()
     for opt in optimizers:
         opt.step()
-    estimator.update_estimator(ctx.generator, generators)
     return images.detach()
 
 

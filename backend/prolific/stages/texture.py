@@ -126,6 +126,8 @@ def train_step(ctx: StageContext, raster, meshes: list[TriMesh], normals: list, 
         for k, m in enumerate(meshes)])
     directions = ViewSectors.of(ctx.cfg.prior).directions(cameras)
     loss, _ = guidance.loss(images, cameras.c2w, directions, ctx.prompt_emb, step, tcfg.steps, ctx.generators)
+    # Before the fields' backward, which it does not need: with overlap it runs beside it (as in stage 1).
+    guidance.update_estimator(ctx.generator, ctx.generators)
     loss = len(fields) / ctx.cfg.particles * loss  # this process's part of the mean over the job's renders
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
@@ -133,5 +135,4 @@ def train_step(ctx: StageContext, raster, meshes: list[TriMesh], normals: list, 
         loss.backward()
         for opt in optimizers:
             opt.step()
-    guidance.update_estimator(ctx.generator, ctx.generators)
     return images
