@@ -145,6 +145,8 @@ class GeometryConfig:
     # official code: 25 x --density_thresh 0.1), or "auto", threestudio's other choice: the mean of the densities
     # above 1e-5 at the grid's vertices, a level that follows how dense the NeRF got.
     density_threshold: float | str = 25.0
+    # With "auto": the level is this times that mean (1 is threestudio's rule).
+    auto_level_scale: float = 1.0
     # The grid spans the NeRF object's bounding box, padded by 10% of its size per side (threestudio
     # isosurface_coarse_to_fine; the official code scales a cube to the object): finer cells on the object.
     fit_grid: bool = True
@@ -257,8 +259,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # middle of its grid edge, the metric one keeps the level set's true crossing. The level "auto": the
         # 200-step NeRFs stay translucent (peak densities 7-13), so a fixed level cut the softer ones to a core.
         # Re-extracting 12 demo NeRFs (4 quality prompts x seeds 0-2, 2-core CPU) gave silhouette IoU / Chamfer
-        # 0.734 / 0.053 with auto, 0.456 / 0.069 at 5, 0.647 / 0.056 at 1 (bench_results/2026-12-02_cpu_demo_levels).
-        "geometry": {"steps": 0, "tet_res": 48, "resolution": 64, "sdf_init": "metric", "density_threshold": "auto"},
+        # 0.734 / 0.053 with auto, 0.456 / 0.069 at 5, 0.647 / 0.056 at 1 (bench_results/2026-12-02_cpu_demo_levels);
+        # twice auto, a departure from threestudio's rule, 0.759 / 0.050 (the cube and cone less swollen by their
+        # fog; 1.5x 0.754 / 0.051, 3x 0.760 / 0.049; bench_results/2026-12-02_cpu_demo_levels_scaled).
+        "geometry": {"steps": 0, "tet_res": 48, "resolution": 64, "sdf_init": "metric", "density_threshold": "auto",
+                     "auto_level_scale": 2.0},
         "texture": {"steps": 60, "resolution": 64, "checkpoint_every": 30, "preview_every": 10},
         "export": {"texture_size": 256},
     },
@@ -533,6 +538,7 @@ def _validate(cfg: JobConfig) -> None:
     level = g.density_threshold
     _require(level == "auto" if isinstance(level, str) else level > 0,
              f'geometry.density_threshold must be a positive number or "auto" (got {level!r}).')
+    _require(g.auto_level_scale > 0, "geometry.auto_level_scale must be positive.")
     t = cfg.texture
     _require(t.mlp_lr > 0 and t.background_lr > 0, "texture.mlp_lr and texture.background_lr must be positive.")
     for name, fraction in (("geometry", g.anneal_fraction), ("texture", t.anneal_fraction)):

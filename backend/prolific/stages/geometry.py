@@ -32,15 +32,15 @@ NORMAL_BACKGROUND = (0.0, 0.0, 0.0)
 AUTO_LEVEL_EPS = 1e-5
 
 
-def surface_level(sigma: torch.Tensor, interior: torch.Tensor, setting: float | str) -> float:
+def surface_level(sigma: torch.Tensor, interior: torch.Tensor, setting: float | str, auto_scale: float = 1.0) -> float:
     """The density level of the initial surface, from the densities `sigma` at the grid's vertices: the setting,
-    or for "auto" the mean of those above AUTO_LEVEL_EPS; a NeRF that never gets that dense inside the grid (a
-    faint or collapsed particle) is cut at half its peak density instead, so every particle still gets a
-    surface."""
+    or for "auto" `auto_scale` times the mean of those above AUTO_LEVEL_EPS; a NeRF that never gets that dense
+    inside the grid (a faint or collapsed particle) is cut at half its peak density instead, so every particle
+    still gets a surface."""
     level = setting
     if setting == "auto":
         dense = sigma[sigma > AUTO_LEVEL_EPS]
-        level = float(dense.mean()) if dense.numel() else float(sigma.max())
+        level = auto_scale * float(dense.mean()) if dense.numel() else float(sigma.max())
     if not (sigma[interior] > level).any():
         peak = float(sigma.max())
         print(f"geometry: the NeRF never reaches density {level:.3g} (peak {peak:.3g}); using {peak / 2:.3g}",
@@ -55,7 +55,7 @@ def initial_dmtet(grid: TetGrid, nerf, gcfg: GeometryConfig) -> DMTet:
     bounding box when gcfg.fit_grid."""
     sigma = torch.cat([nerf.density(grid.vertices[i:i + (1 << 18)]).reshape(-1).float()
                        for i in range(0, grid.vertices.shape[0], 1 << 18)])
-    threshold = surface_level(sigma, ~grid.boundary, gcfg.density_threshold)
+    threshold = surface_level(sigma, ~grid.boundary, gcfg.density_threshold, gcfg.auto_level_scale)
     dmtet = DMTet(grid, object_box(grid, sigma, threshold) if gcfg.fit_grid else None)
     dmtet.init_from_density(nerf.density, threshold, gcfg.sdf_init)
     return dmtet
