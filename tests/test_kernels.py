@@ -13,7 +13,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
-CASES = ["kernel_cases.py", "kernel_cases_mlp.py"]
+CASES = ["kernel_cases.py", "kernel_cases_mlp.py", "kernel_cases_norm.py"]
 
 
 def _run_cases(interpret: bool) -> subprocess.CompletedProcess:

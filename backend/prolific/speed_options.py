@@ -24,6 +24,8 @@ class SpeedOptions:
     sdpa: bool = True  # scaled_dot_product_attention (flash) processors on the UNet's attention layers
     channels_last: bool = False  # NHWC memory format for the UNet's convolutions (the VAE's stay NCHW: faster)
     vae_matmul: bool = False  # the VAE's attention as plain matmul-softmax (no flash kernel fits its 512-wide head)
+    vae_norm: bool = False  # the VAE's group norms as Triton kernels (PyTorch's use 32 thread blocks at 512 px)
+    unet_norm: bool = False  # the UNet's group norms as Triton kernels, in its memory format (channels-last)
     batch: bool = False  # CFG pair + LoRA branch in one UNet call, the LoRA gated per sample
     fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
     graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)
@@ -65,5 +67,5 @@ def already_told(message: str) -> None:
 
 
 def best_options() -> SpeedOptions:
-    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True,
-                        fused_adam=True, graphs=True, overlap=True)
+    return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, vae_matmul=True, vae_norm=True,
+                        unet_norm=True, batch=True, fused_adam=True, graphs=True, overlap=True)

@@ -17,7 +17,8 @@ import torch
 
 from ..config import make_config
 from ..errors import BadRequest
-from ..field.hashgrid import make_hash_encoding, tcnn_available, triton_available
+from ..field.hashgrid import make_hash_encoding, tcnn_available
+from ..kernels import triton_available
 from ..prior.speed import log
 from . import common
 

@@ -6,6 +6,7 @@ is conforming, and marching tetrahedra on it gives a closed manifold surface onc
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Callable
@@ -55,6 +56,14 @@ def _triangle_table() -> tuple[torch.Tensor, torch.Tensor]:
 TRI_TABLE, TRI_COUNT = _triangle_table()
 
 
+@functools.lru_cache(maxsize=None)
+def _tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The code bits, TET_EDGES, TRI_TABLE and TRI_COUNT on `device`, copied there once: a copy from host memory
+    made every step would wait for the GPU to finish all queued work first."""
+    return (torch.tensor([1, 2, 4, 8], device=device), torch.tensor(TET_EDGES, device=device), TRI_TABLE.to(device),
+            TRI_COUNT.to(device))
+
+
 def make_tet_grid(res: int, bound: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A conforming grid of 6·res³ positively oriented tetrahedra over [-bound, bound]³.
 
@@ -94,9 +103,9 @@ def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
     tets = tets[keep]
     if tets.shape[0] == 0:
         return TriMesh(positions.new_zeros(0, 3), torch.zeros(0, 3, dtype=torch.long, device=device))
-    code = (code_v[keep].long() * torch.tensor([1, 2, 4, 8], device=device)).sum(-1)
+    bits, local, tri_table, tri_count = _tables(device)
+    code = (code_v[keep].long() * bits).sum(-1)
 
-    local = torch.tensor(TET_EDGES, device=device)
     edges = tets[:, local].reshape(-1, 2)  # [T*6, 2] global vertex pairs
     n_vert = positions.shape[0]
     # Each pair in order by min/max: torch.sort along a dimension of 2 was a per-row bitonic sort, 0.8 ms per
@@ -112,8 +121,8 @@ def marching_tets(positions: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor
     verts = (positions[a] * sb - positions[b] * sa) / (sb - sa)
 
     edge_vert = vert_id[edge_id].reshape(-1, 6)  # [T,6] mesh vertex of each tet edge (junk where not crossing)
-    tri_local = TRI_TABLE.to(device)[code]  # [T,2,3]
-    count = TRI_COUNT.to(device)[code]
+    tri_local = tri_table[code]  # [T,2,3]
+    count = tri_count[code]
     faces = torch.gather(edge_vert[:, None, :].expand(-1, 2, -1), 2, tri_local.clamp(min=0))
     faces = torch.cat([faces[:, 0], faces[count == 2, 1]])
     return TriMesh(verts, faces)
@@ -175,7 +184,7 @@ class DMTet(nn.Module):
 
     def level(self) -> torch.Tensor:
         """The SDF with the grid's boundary kept outside, so the surface is always closed."""
-        return torch.where(self.grid.boundary, self.sdf.clamp(min=1e-4 * float(self.cell.min())), self.sdf)
+        return torch.where(self.grid.boundary, self.sdf.clamp(min=1e-4 * self.cell.min()), self.sdf)
 
     def mesh(self) -> TriMesh:
         return marching_tets(self.vertices(), self.level(), self.grid.tets)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import BadRequest
+from ..kernels import triton_available
 
 # Instant-NGP's spatial hash primes (the first is 1 so neighbouring x stay coherent in memory).
 _PRIMES = (1, 2654435761, 805459861)
@@ -207,14 +208,6 @@ def tcnn_available() -> bool:
     try:
         import tinycudann  # noqa: F401
     except Exception:  # a broken CUDA extension raises more than ImportError
-        return False
-    return True
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # a broken install raises more than ImportError
         return False
     return True
 

@@ -1,6 +1,7 @@
 """`TriMesh`, the triangle mesh every stage and the exporter pass around, and the regularisers of its surface."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +36,12 @@ class TriMesh:
         return TriMesh(self.positions.to(device), self.faces.to(device))
 
     def edges(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unique undirected edges [E,2] and, per face side (3F, in face order), the index of its edge."""
+        """Unique undirected edges [E,2] and, per face side (3F, in face order), the index of its edge (found
+        once per mesh: both regularisers of a geometry step read them)."""
+        return self._edges
+
+    @functools.cached_property
+    def _edges(self) -> tuple[torch.Tensor, torch.Tensor]:
         sides = torch.cat([self.faces[:, [0, 1]], self.faces[:, [1, 2]], self.faces[:, [2, 0]]])
         sides = torch.sort(sides, dim=-1).values
         n = max(self.positions.shape[0], 1)

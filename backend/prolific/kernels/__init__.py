@@ -1,2 +1,11 @@
-"""Triton kernels with their autograd functions (hash grid, packed compositing). Importing one needs triton;
-the product imports them only where it runs them (CUDA), and each has a PyTorch twin the tests compare with."""
+"""Triton kernels with their autograd functions (hash grid, MLP, lattice walk, packed compositing, group norm).
+Importing one needs triton; the product imports them only where it runs them (CUDA), after `triton_available`,
+and each has a PyTorch twin the tests compare with."""
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken install raises more than ImportError
+        return False
+    return True

@@ -5,7 +5,7 @@
   prior/vsd.ScoreDistillation), which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as
   one fused kernel / its diffusion work as replayed CUDA graphs (prior/graphs.py) / its update on a CUDA stream
   of its own (prior/update_stream.py).
-- tf32, sdpa, channels-last, vae-matmul: settings of the process and of the shared UNet/VAE, set by `applied`
+- tf32, sdpa, channels-last, vae-matmul, vae-norm, unet-norm: settings of the process and of the shared UNet/VAE, set by `applied`
   for the span of a job's steps and put back as they were on exit, so the long-lived server carries none into
   the next job.
 - fused-adam for the stages' own Adam optimizers: `fused_adam`, which the stages read when they build them
@@ -18,7 +18,9 @@ import sys
 
 import torch
 
+from ..kernels import triton_available
 from ..speed_options import SpeedOptions, already_told
+from .group_norms import triton_group_norms
 
 
 def job_options(text: str, device: torch.device | str) -> SpeedOptions:
@@ -26,12 +28,13 @@ def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     memory without changing results (tests/test_speed.py, tests/test_graphs.py); anything else is parsed like
     the bench's --opt. On CUDA that is `best` in the default fp16 precision: graphs joined it after end-to-end
     demo jobs on an H200 (bench_results/2026-12-02_h200_e2e_demo.txt), overlap after a stage-1 step at 64 px took
-    53.4 ms with it and 68.4 without, side by side (bench_results/2026-12-02_h200_stage1_overlap.json)."""
+    53.4 ms with it and 68.4 without, side by side (bench_results/2026-12-02_h200_stage1_overlap.json); vae-norm
+    and unet-norm after stage 2 took 33.9 ms with them and 44.6 without (..._h200_group_norm_kernels/)."""
     if text != "auto":
         return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
-        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, batch=True, fused_adam=True,
-                            graphs=True, overlap=True)
+        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, vae_norm=True, unet_norm=True,
+                            batch=True, fused_adam=True, graphs=True, overlap=True)
     return SpeedOptions(sdpa=True, batch=True)
 
 
@@ -76,8 +79,8 @@ def attention_processor(sdpa: bool):
 @contextlib.contextmanager
 def module_layout(prior, options: SpeedOptions):
     """The attention processors (diffusers' `set_attn_processor`) of the UNet and, with vae-matmul, of the VAE,
-    and with channels-last the UNet's memory format, while inside; all back as they were after. Yields what was
-    applied.
+    with channels-last the UNet's memory format, and with vae-norm / unet-norm the VAE's / the UNet's group norms
+    (prior/group_norms.py), while inside; all back as they were after. Yields what was applied.
 
     The VAE is left in NCHW, and with vae-matmul its one attention layer (the mid block's single 512-wide head
     over 64x64 latents: SDPA has no flash kernel that wide, and its memory-efficient fallback's backward is
@@ -95,7 +98,16 @@ def module_layout(prior, options: SpeedOptions):
         unet.to(memory_format=torch.channels_last)
         report["channels_last"] = "on"
     try:
-        yield report
+        with contextlib.ExitStack() as stack:
+            for name, wanted, module in (("vae_norm", options.vae_norm, vae), ("unet_norm", options.unet_norm, unet)):
+                if not wanted or module is None:
+                    continue
+                if prior.device.type == "cuda" and triton_available():
+                    stack.enter_context(triton_group_norms(module))
+                    report[name] = "triton"
+                else:
+                    report[name] = "skipped: needs CUDA and triton"
+            yield report
     finally:
         if options.channels_last:
             unet.to(memory_format=torch.contiguous_format)

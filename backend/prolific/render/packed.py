@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from ..config import NerfConfig
-from ..field.hashgrid import triton_available
+from ..kernels import triton_available
 from .cameras import Cameras
 from .composite import composite as composite_torch
 from .composite import transmittance

@@ -1,0 +1,57 @@
+"""The `vae-norm` and `unet-norm` speed options: the VAE's / the UNet's GroupNorm layers run kernels/group_norm.py's
+Triton kernels (PyTorch's leave most of the GPU idle on the VAE's million-value groups at 512 px, and convert the
+channels-last UNet's activations to NCHW and back around every norm).
+
+`TritonGroupNorm` is an `nn.GroupNorm` (the same weight and bias Parameters, the same state_dict keys) whose
+forward goes through the kernels where they apply — a CUDA input whose pixels make one strided run (NCHW,
+channels-last, or attention's transposed tokens) and a weight and bias that take no gradient, as in the frozen
+VAE and UNet (LoRA trains the attention projections only) — and through nn.GroupNorm's own forward otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+class TritonGroupNorm(nn.GroupNorm):
+    @classmethod
+    def sharing(cls, norm: nn.GroupNorm) -> "TritonGroupNorm":
+        """A TritonGroupNorm holding `norm`'s own weight and bias."""
+        new = cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta")
+        new.weight, new.bias = norm.weight, norm.bias
+        return new
+
+    def kernels_apply(self, x: torch.Tensor) -> bool:
+        """Whether forward(x) runs the Triton kernels (else nn.GroupNorm's forward)."""
+        wants_param_grad = torch.is_grad_enabled() and (self.weight.requires_grad or self.bias.requires_grad)
+        if not (self.affine and x.is_cuda and x.numel() > 0) or wants_param_grad:
+            return False
+        from ..kernels.group_norm import flat_strides
+
+        return flat_strides(x) is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.kernels_apply(x):
+            return super().forward(x)
+        from ..kernels.group_norm import group_norm
+
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+@contextlib.contextmanager
+def triton_group_norms(module: nn.Module):
+    """Every nn.GroupNorm inside `module` replaced by a TritonGroupNorm sharing its parameters while inside; the
+    originals back after. Yields how many were replaced."""
+    swapped = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.GroupNorm:
+                setattr(parent, name, TritonGroupNorm.sharing(child))
+                swapped.append((parent, name, child))
+    try:
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
