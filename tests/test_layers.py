@@ -14,8 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "backend" / "prolific"
 LAYERS = [
     {"__init__", "errors", "device", "interrupt", "speed_options"},
     {"config", "events"},
+    {"kernels"},  # torch and triton only: the prior's group norms and the fields' hash grid and MLP run them
     {"prior"},
-    {"kernels"},
     {"field"},
     {"render"},
     {"stages"},
