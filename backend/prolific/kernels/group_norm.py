@@ -146,27 +146,27 @@ def flat_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
     return t.stride(0), t.stride(1), dims[-1][1] if dims else 1
 
 
-def _launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict, int]:
-    """The launch grid, tile shape and runtime sizes of a group norm of x, and the values per group."""
+def _launch(x: torch.Tensor, groups: int) -> tuple[tuple[int, int], dict, tuple, float]:
+    """A group norm of x's launch grid, tile shape, runtime sizes and strides (n_groups, cg, hw, sx_n, sx_c,
+    sx_p), and 1 / values per group."""
     n, c = x.shape[:2]
     cg, hw = c // groups, x[0, 0].numel()
     cgp = triton.next_power_of_2(cg)
     bp = max(1, TILE // cgp)
     grid = (n * groups, triton.cdiv(hw, bp * ITERS))
-    return grid, dict(CGP=cgp, BP=bp, ITERS=ITERS, num_warps=WARPS), cg * hw
+    meta = dict(CGP=cgp, BP=bp, ITERS=ITERS, num_warps=WARPS)
+    return grid, meta, (groups, cg, hw, *flat_strides(x)), 1.0 / (cg * hw)
 
 
 class _GroupNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float):
-        grid, meta, length = _launch(x, groups)
-        cg, hw = x.shape[1] // groups, x[0, 0].numel()
-        sx = flat_strides(x)
+        grid, meta, sizes, inv_len = _launch(x, groups)
         parts = torch.empty(*grid, 2, dtype=torch.float32, device=x.device)
-        _gn_stats[grid](x, parts, groups, cg, hw, *sx, **meta)
+        _gn_stats[grid](x, parts, *sizes, **meta)
         sums = parts.sum(1)
         y = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)  # addressed as x
-        _gn_apply[grid](x, y, weight, bias, sums, groups, cg, hw, *sx, 1.0 / length, eps, **meta)
+        _gn_apply[grid](x, y, weight, bias, sums, *sizes, inv_len, eps, **meta)
         ctx.save_for_backward(x, weight, sums)
         ctx.groups, ctx.eps = groups, eps
         return y
@@ -175,19 +175,15 @@ class _GroupNorm(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, weight, sums = ctx.saved_tensors
-        groups = ctx.groups
         sd = flat_strides(dy)
         if sd is None:
             dy = dy.contiguous()
             sd = flat_strides(dy)
-        grid, meta, length = _launch(x, groups)
-        cg, hw = x.shape[1] // groups, x[0, 0].numel()
-        sx = flat_strides(x)
+        grid, meta, sizes, inv_len = _launch(x, ctx.groups)
         parts = torch.empty(*grid, 2, dtype=torch.float32, device=x.device)
-        _gn_bwd_stats[grid](x, dy, weight, sums, parts, groups, cg, hw, *sx, *sd, 1.0 / length, ctx.eps, **meta)
+        _gn_bwd_stats[grid](x, dy, weight, sums, parts, *sizes, *sd, inv_len, ctx.eps, **meta)
         dx = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        _gn_bwd_dx[grid](x, dy, weight, sums, parts.sum(1), dx, groups, cg, hw, *sx, *sd, 1.0 / length, ctx.eps,
-                         **meta)
+        _gn_bwd_dx[grid](x, dy, weight, sums, parts.sum(1), dx, *sizes, *sd, inv_len, ctx.eps, **meta)
         return dx, None, None, None, None
 
 
