@@ -14,6 +14,7 @@ require_kernels()
 from prolific.bench.hashgrid import bench_points  # noqa: E402
 from prolific.config import make_config  # noqa: E402
 from prolific.field.hashgrid import TorchHashGrid, TritonHashGrid  # noqa: E402
+from prolific.field.mlp import TritonMLP  # noqa: E402
 from prolific.field.nerf import Background, NeRF  # noqa: E402
 from prolific.kernels.composite import composite as composite_triton  # noqa: E402
 from prolific.kernels.march import walk_lattice as walk_triton  # noqa: E402
@@ -201,3 +202,46 @@ def test_level_major_features_into_the_fused_mlp_change_nothing(args):
     (ya, pa, xa), (yb, pb, xb) = outs
     assert torch.equal(ya, yb) and torch.equal(xa, xb)
     assert float((pa - pb).abs().max() / pa.abs().max()) <= (0.0 if INTERPRETED else 1e-4)  # as above
+
+
+def _fused_nerf(job):
+    """The stage-1 NeRF on the fast path: the Triton grid and the fused MLP (built so on a GPU; under the
+    interpreter the same modules are put on the CPU field)."""
+    cfg = dataclasses.replace(job.nerf, mlp_precision="fp32")
+    if not INTERPRETED:
+        nerf = NeRF(cfg, job.hash_grid, device=DEVICE)
+        assert nerf.encoding.impl == "triton" and isinstance(nerf.mlp, TritonMLP)
+        return nerf
+    nerf = NeRF(cfg, job.hash_grid)
+    g = job.hash_grid
+    grid = TritonHashGrid(g.hash_levels, g.hash_features, g.hash_log2_size, g.hash_base_res, g.hash_max_res)
+    grid.load_state_dict(nerf.encoding.state_dict())
+    nerf.encoding, nerf.mlp = grid, TritonMLP(*nerf.mlp)
+    return nerf
+
+
+def test_replaying_the_density_pass_on_the_kernels_changes_nothing():
+    """The Triton grid's level-major features and the fused MLP's outputs from the density pass, handed back by
+    the pass with gradients: the same render and gradients as computing that pass again."""
+    job = make_config("a ball", "test")
+    torch.manual_seed(0)
+    nerf, bg = _fused_nerf(job), Background(job.nerf).to(DEVICE)
+    with torch.no_grad():
+        nerf.encoding.params.normal_(0.0, 0.5)
+    grid = OccupancyGrid(16, 1.0).to(DEVICE)
+    grid.update(nerf.density)
+    cams = orbit_cameras(2, elevation_deg=20.0, distance=1.8, fov_deg=60.0).to(DEVICE)
+    side = 10 if INTERPRETED else 128
+    results = []
+    for replay in (False, True):
+        renderer = PackedRenderer(march_step(1.0, 96), 1e-4, 0.01, composite_triton, walk_triton, replay=replay)
+        nerf.zero_grad(set_to_none=True)
+        out = renderer(nerf, bg, cams, side, side, occupancy=grid, jitter=False)
+        (out["rgb"] * torch.tensor([0.3, -1.0, 2.0], device=DEVICE)[:, None, None]).sum().backward()
+        results.append([out["rgb"], out["opacity"], nerf.encoding.params.grad.clone(), nerf.mlp[0].weight.grad,
+                        nerf.mlp[-1].bias.grad])
+        assert out["n_samples"] > 0
+    for a, b in zip(*results):
+        assert a.abs().max() > 0
+        # The same values in the same order; on a GPU the table's atomic adds may land in another order.
+        torch.testing.assert_close(b, a, rtol=0 if INTERPRETED else 1e-5, atol=0 if INTERPRETED else 1e-6)

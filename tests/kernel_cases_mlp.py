@@ -167,3 +167,22 @@ def test_level_major_features_under_autocast_run_the_sequentials_layers():
     with torch.no_grad(), torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
         a, b = ref(x), fused(lm)
     assert b.dtype == torch.bfloat16 and torch.equal(a, b)
+
+
+def test_products_follow_pytorchs_tf32_switch_unless_exact():
+    """Where a job allows TF32 for fp32 matmuls (the `tf32` speed option), the fused MLP's products are TF32 as
+    nn.Linear's are: within TF32's rounding of the fp32 result (compiled; the interpreter computes in fp32).
+    `exact` (the finite-difference normals) keeps 3xTF32 either way."""
+    from prolific.prior.speed import backend_flags
+    from prolific.speed_options import SpeedOptions
+
+    ref, fused = _pair(SHAPES[0])
+    x = _inputs(ROWS[-1], SHAPES[0][0])
+    with torch.no_grad():
+        full = fused(x)
+        with backend_flags(SpeedOptions(tf32=True)):
+            tf32, exact = fused(x), fused(x, exact=True)
+        assert torch.equal(exact, full) and _rel(ref(x), full) <= TOL_ROWS
+        assert _rel(full, tf32) <= 1e-2
+        if not INTERPRETED:
+            assert _rel(full, tf32) > TOL_ROWS  # the TF32 products did run

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from prolific.config import make_config
+from prolific.field.hashgrid import TorchHashGrid
 from prolific.field.nerf import Background, NeRF
 from prolific.render.cameras import orbit_cameras
 from prolific.render.march import march_rays, march_step
@@ -146,9 +147,9 @@ def test_density_rounds_stop_at_opaque_rays_and_keep_the_samples_of_one_pass(cfg
     samples = march_rays(origins, dirs, cfg.bound, march_step(cfg.bound, 256), _ball_grid(cfg, 0.6))
     evaluated = []
     hook = nerf.encoding.register_forward_hook(lambda m, inp, out: evaluated.append(inp[0].shape[0]))
-    rounds = _prune(nerf, samples, origins, dirs, 1e-4, 0.01, first_round=8)
+    rounds, _ = _prune(nerf, samples, origins, dirs, 1e-4, 0.01, first_round=8)
     in_rounds, evaluated[:] = sum(evaluated), []
-    one_pass = _prune(nerf, samples, origins, dirs, 1e-4, 0.01, first_round=len(samples))
+    one_pass, _ = _prune(nerf, samples, origins, dirs, 1e-4, 0.01, first_round=len(samples))
     hook.remove()
     assert sum(evaluated) == len(samples) and in_rounds < 0.5 * len(samples)
     assert 0 < len(rounds) < 0.5 * len(samples)
@@ -192,3 +193,86 @@ def test_half_precision_mlp_keeps_fp32_outputs_and_exact_normals(precision):
     assert sigma.dtype == albedo.dtype == torch.float32
     assert float((sigma - s_full).abs().max() / s_full.abs().max()) < 2e-2
     assert float((albedo - a_full).abs().max()) < 2e-2  # albedo is a sigmoid in [0, 1]
+
+
+class _CountingGrid(TorchHashGrid):
+    """The PyTorch grid, counting the points whose corners it computes (forward and backward)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.computed = 0
+
+    def corners(self, x, with_dx=False):
+        self.computed += x.shape[0]
+        return super().corners(x, with_dx)
+
+
+def _render_and_grads(nerf, bg, replay):
+    """A training render (albedo, early termination and alpha pruning) + backward, and the points the grid
+    computed."""
+    cams = orbit_cameras(2, elevation_deg=20.0, distance=1.8, fov_deg=60.0)
+    renderer = PackedRenderer(march_step(nerf.bound, 128), 1e-4, 0.01, replay=replay)
+    nerf.zero_grad(set_to_none=True)
+    nerf.encoding.computed = 0
+    out = renderer(nerf, bg, cams, 12, 12, occupancy=_ball_grid(make_config("x", "test").nerf, 0.7),
+                   jitter=False)
+    (out["rgb"] * torch.tensor([0.3, -1.0, 2.0])[:, None, None]).sum().backward()
+    grads = [p.grad.clone() for p in (nerf.encoding.params, nerf.mlp[0].weight, nerf.mlp[-1].bias)]
+    return out, grads, nerf.encoding.computed
+
+
+def test_the_pass_with_gradients_replays_the_density_pass_and_changes_nothing(cfg):
+    nerf, bg = _nerf(cfg)
+    counting = _CountingGrid(GRID.hash_levels, GRID.hash_features, GRID.hash_log2_size, GRID.hash_base_res,
+                             GRID.hash_max_res)
+    counting.load_state_dict(nerf.encoding.state_dict())
+    nerf.encoding = counting
+    nerf.train()
+    plain, plain_grads, plain_computed = _render_and_grads(nerf, bg, replay=False)
+    replayed, grads, computed = _render_and_grads(nerf, bg, replay=True)
+    kept = replayed["n_samples"]
+    assert 0 < kept == plain["n_samples"]
+    # Both: the density pass, then the backward at the kept samples; without replay also their forward.
+    assert plain_computed - computed == kept
+    for key in ("rgb", "opacity", "depth"):
+        torch.testing.assert_close(replayed[key], plain[key], rtol=0, atol=1e-6)
+    for a, b in zip(plain_grads, grads):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+
+
+def test_lambertian_renders_do_not_replay(cfg):
+    """Normals need the field at points the density pass never visited: the field runs as before."""
+    nerf, bg = _nerf(cfg)
+    calls = []
+    hook = nerf.encoding.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(kwargs.get("replay") is not None), with_kwargs=True)
+    cams = orbit_cameras(1, elevation_deg=20.0, distance=1.8, fov_deg=60.0)
+    out = PackedRenderer(march_step(nerf.bound, 128), 1e-4, 0.01)(nerf, bg, cams, 8, 8, shading="lambertian",
+                                                                    occupancy=_ball_grid(cfg, 0.7))
+    hook.remove()
+    assert out["n_samples"] > 0 and calls and not any(calls)
+
+
+def test_the_occupancy_grid_tests_sigma_times_the_march_step(cfg):
+    """Judged on σ·Δt as nerfacc does, the grid frees the cells whose samples the alpha threshold would drop
+    anyway: the density pass visits fewer samples and the render keeps the same ones."""
+    nerf, bg = _nerf(cfg)
+    with torch.no_grad():
+        nerf.encoding.params.zero_()  # the bare density blob: dense inside r = 0.5, a thin tail outside
+    step = march_step(cfg.bound, 256)
+    on_sigma = OccupancyGrid(32, cfg.bound, 0.01)
+    on_alpha = OccupancyGrid(32, cfg.bound, 0.01, step=step)
+    for grid in (on_sigma, on_alpha):
+        grid.update(nerf.density)
+    assert on_alpha.occupied_fraction < 0.8 * on_sigma.occupied_fraction
+    cams = orbit_cameras(2, elevation_deg=20.0, distance=1.8, fov_deg=60.0)
+    origins, dirs = (v.reshape(-1, 3) for v in cams.rays(16, 16))
+    marched, kept = [], []
+    for grid in (on_sigma, on_alpha):
+        samples = march_rays(origins, dirs, cfg.bound, step, grid)
+        marched.append(len(samples))
+        kept.append(_prune(nerf, samples, origins, dirs, 1e-4, 0.01)[0])
+    assert marched[1] < 0.8 * marched[0]
+    for key in ("ray", "t"):
+        assert torch.equal(getattr(kept[0], key), getattr(kept[1], key))

@@ -72,6 +72,11 @@ class NerfConfig:
     bound: float = 1.0  # the scene is the cube [-bound, bound]^3
     samples_per_ray: int = 64
     occupancy_res: int = 64
+    # A cell is occupied while σ·Δt at the march step (≈ a sample's alpha) may exceed this: threestudio's
+    # occ_eval_fn (density × render_step_size) against nerfacc's occ_thre 0.01 (the dense renderer, with no
+    # fixed step, tests σ itself). The cells it frees hold only samples that alpha_threshold 0.01 drops anyway,
+    # so renders keep their samples and the density pass skips them (the standard blob at 512 px: 145-200
+    # marched samples per pixel tested on σ alone, 75-145 on σ·Δt, the same kept; a CPU count).
     occupancy_threshold: float = 0.01
     occupancy_every: int = 16
     # Probability of albedo / lambertian / textureless renders: unlit albedo only, as threestudio
@@ -106,7 +111,9 @@ class NerfConfig:
     # and the finite-difference normals stay fp32); a CPU always runs fp32. fp32 as the official code (run.sh
     # has no -O); bf16 measured no faster on an H200 (`prolific bench render --field solid`: 32.4 vs 34.2 ms at
     # 512, 14.0 vs 10.7 ms at 64; bench_results/2026-12-01_h200_render_solid*.json), and under autocast the
-    # fused MLP of the Triton path gives way to the PyTorch layers.
+    # fused MLP of the Triton path gives way to the PyTorch layers. With the `tf32` speed switch (in auto) fp32
+    # products are TF32, the fused MLP's too: between the official fp32 and threestudio's fp16, and 3.4x faster
+    # in the backward (bench_results/2026-12-02_h200_mlp_sweep); the normals stay at fp32 accuracy.
     mlp_precision: str = "fp32"
 
 

@@ -37,6 +37,7 @@ class TorchHashGrid(nn.Module):
     """
 
     impl = "torch"
+    replays = True  # forward(x, replay=features): the features of an earlier no-grad call at x, backward as usual
 
     def __init__(self, n_levels: int = 16, n_features: int = 2, log2_size: int = 19, base_res: int = 16,
                  max_res: int = 2048):
@@ -102,8 +103,8 @@ class TorchHashGrid(nn.Module):
                               (wx * wy * sz).reshape(n_levels, 8, n)]) * res[None]
         return rows.view(n_levels, 8, n), w, dw
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _HashGridFunction.apply(x.float().clamp(0.0, 1.0), self.params, self)
+    def forward(self, x: torch.Tensor, replay: torch.Tensor | None = None) -> torch.Tensor:
+        return _HashGridFunction.apply(x.float().clamp(0.0, 1.0), self.params, self, replay)
 
 
 def gather_rows(params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -120,7 +121,8 @@ def gather_rows(params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 class _HashGridFunction(torch.autograd.Function):
     """Interpolated lookup in chunks of points. Backward recomputes rows and weights instead of saving them,
     so a render of millions of samples keeps only x for the backward pass (plain autograd would keep ~64
-    bytes per point and level)."""
+    bytes per point and level); for the same reason a `replay` (the features an earlier call computed at x)
+    can stand in for the forward."""
 
     # Entries of one [L,8,chunk] tensor: on a CPU chunks whose temporaries stay in cache (2^19 was among the
     # fastest of 2^16..2^25 for the demo grid on a 2-core CPU), on a GPU large ones: every op is a launch.
@@ -133,9 +135,11 @@ class _HashGridFunction(torch.autograd.Function):
         return max(1, elements // (8 * n_levels))
 
     @staticmethod
-    def forward(ctx, x, params, grid):
+    def forward(ctx, x, params, grid, replay):
         ctx.grid = grid
         ctx.save_for_backward(x, params)
+        if replay is not None:
+            return replay
         n, n_levels, n_feat = x.shape[0], grid.n_levels, grid.n_features
         out = x.new_empty(n, n_levels * n_feat)
         chunk = _HashGridFunction.chunk(x, n_levels)
@@ -164,7 +168,7 @@ class _HashGridFunction(torch.autograd.Function):
             if want_x:
                 per_corner = (gather_rows(params, rows) * g).sum(-1)  # [L,8,m]
                 grad_x[s:s + chunk] = (dw * per_corner).sum((1, 2)).T
-        return grad_x, grad_params, None
+        return grad_x, grad_params, None, None
 
 
 class TritonHashGrid(TorchHashGrid):
@@ -173,18 +177,19 @@ class TritonHashGrid(TorchHashGrid):
 
     impl = "triton"
 
-    def forward(self, x: torch.Tensor, level_major: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level_major: bool = False, replay: torch.Tensor | None = None) -> torch.Tensor:
         """[N, out_dim], or with `level_major` [n_levels, N, n_features] (what a `TritonMLP` reads without the
-        transposition)."""
+        transposition); `replay` as `TorchHashGrid`'s, in the layout asked for."""
         from ..kernels.hashgrid import hash_encode  # imports triton: only where this grid is built
 
-        return hash_encode(x.float().clamp(0.0, 1.0).contiguous(), self.params, self, level_major)
+        return hash_encode(x.float().clamp(0.0, 1.0).contiguous(), self.params, self, level_major, replay)
 
 
 class TcnnHashGrid(nn.Module):
     """tiny-cuda-nn's HashGrid behind the same interface (fp32 in and out, CUDA only)."""
 
     impl = "tcnn"
+    replays = False  # its forward cannot be skipped: the tcnn module keeps its own state for backward
 
     def __init__(self, n_levels: int, n_features: int, log2_size: int, base_res: int, max_res: int):
         super().__init__()

@@ -1,7 +1,13 @@
 """The fields' small ReLU MLPs: `make_mlp` returns a plain nn.Sequential of Linear, ReLU, ..., Linear (the CPU
 path) or `TritonMLP`, the same modules run by kernels/mlp.py's fused kernels. Both have the same state_dict
-keys (0.weight, 0.bias, 2.weight, ...), so checkpoints load in either."""
+keys (0.weight, 0.bias, 2.weight, ...), so checkpoints load in either.
+
+`encode` runs a field's hash encoding and MLP; `probe` does so without gradients and keeps what it computed
+(`Encoded`), which a later `encode` with gradients at the same points replays instead of computing again: the
+grids' and the fused MLP's backward recompute from their inputs, so only their forward is skipped."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,20 +24,111 @@ class TritonMLP(nn.Sequential):
     the layers as the Sequential does: the kernels compute at fp32 accuracy only, and autocast asks for the
     layers in lower precision."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, replay: torch.Tensor | None = None, exact: bool = False) -> torch.Tensor:
+        """`replay`: the output an earlier call without gradients gave for this x; `exact`: 3xTF32 products even
+        where TF32 is allowed (kernels/mlp.fused_mlp)."""
         if torch.is_autocast_enabled(x.device.type):
             return super().forward(x.permute(1, 0, 2).reshape(x.shape[1], -1) if x.dim() == 3 else x)
         from ..kernels.mlp import fused_mlp  # imports triton: only where this MLP runs
 
-        return fused_mlp(x, [p for m in self if isinstance(m, nn.Linear) for p in (m.weight, m.bias)])
+        params = [p for m in self if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+        return fused_mlp(x, params, replay, exact)
 
 
-def encode(encoding: nn.Module, mlp: nn.Module, unit: torch.Tensor) -> torch.Tensor:
-    """mlp(encoding(unit)) for a field's hash encoding and MLP; a `TritonMLP` (built only after the Triton grid,
-    `mlp_impl`) takes the grid's features level-major."""
+def _select(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
+    """t.index_select(dim, idx), with rows of two fp32 features (a level-major grid's) moved as 8-byte words:
+    PyTorch's gather along a middle dimension is several times slower for such small rows."""
+    if t.dim() == 3 and t.shape[-1] * t.element_size() == 8 and t.is_contiguous():
+        return t.view(torch.int64).squeeze(-1).index_select(dim, idx).unsqueeze(-1).view(t.dtype)
+    return t.index_select(dim, idx)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What `probe` computed at N points: the encoding's features ([N, F], or level-major [L, N, F] for a
+    `TritonMLP`) and, where the MLP can replay it (a `TritonMLP`), its output [N, out]."""
+
+    features: torch.Tensor
+    out: torch.Tensor | None
+
+    @property
+    def point_dim(self) -> int:
+        return 1 if self.features.dim() == 3 else 0
+
+    def __len__(self) -> int:
+        return self.features.shape[self.point_dim]
+
+    def take(self, idx: torch.Tensor) -> "Encoded":
+        """The points idx (int64 indices) in that order."""
+        out = None if self.out is None else self.out.index_select(0, idx)
+        return Encoded(_select(self.features, self.point_dim, idx), out)
+
+    def split(self, size: int) -> list["Encoded"]:
+        parts = self.features.split(size, dim=self.point_dim)
+        outs = self.out.split(size) if self.out is not None else [None] * len(parts)
+        return [Encoded(f, o) for f, o in zip(parts, outs)]
+
+    @staticmethod
+    def cat(parts: list["Encoded"]) -> "Encoded":
+        out = None if parts[0].out is None else torch.cat([p.out for p in parts])
+        return Encoded(torch.cat([p.features for p in parts], dim=parts[0].point_dim), out)
+
+    @staticmethod
+    def assemble(parts: list[tuple[torch.Tensor, "Encoded"]], n: int) -> "Encoded":
+        """n points from (rows, values) pairs whose rows together cover 0..n-1 once; the list is emptied as its
+        parts are placed, so each is freed once copied."""
+        first = parts[0][1]
+        dim = first.point_dim
+        shape = list(first.features.shape)
+        shape[dim] = n
+        features = first.features.new_empty(shape)
+        out = None if first.out is None else first.out.new_empty(n, first.out.shape[1])
+        while parts:
+            rows, values = parts.pop()
+            features.index_copy_(dim, rows, values.features)
+            if out is not None:
+                out.index_copy_(0, rows, values.out)
+        return Encoded(features, out)
+
+
+def replays(encoding: nn.Module) -> bool:
+    """Whether `encode` can replay a `probe` with this encoding (ours can; tiny-cuda-nn's cannot)."""
+    return getattr(encoding, "replays", False)
+
+
+def _features(encoding: nn.Module, mlp: nn.Module, unit: torch.Tensor, dtype, replay: "Encoded | None"):
+    kwargs = {"level_major": True} if isinstance(mlp, TritonMLP) and dtype is None else {}
+    if replay is not None:
+        kwargs["replay"] = replay.features
+    return encoding(unit, **kwargs)
+
+
+def _mlp(mlp: nn.Module, features: torch.Tensor, dtype, replay_out=None, exact: bool = False) -> torch.Tensor:
+    if dtype is not None:
+        with torch.autocast("cuda", dtype=dtype):
+            return mlp(features).float()
     if isinstance(mlp, TritonMLP):
-        return mlp(encoding(unit, level_major=True))
-    return mlp(encoding(unit))
+        return mlp(features, replay=replay_out, exact=exact)
+    return mlp(features)
+
+
+def encode(encoding: nn.Module, mlp: nn.Module, unit: torch.Tensor, dtype: torch.dtype | None = None,
+           replay: Encoded | None = None, exact: bool = False) -> torch.Tensor:
+    """mlp(encoding(unit)) [N, out] in fp32 for a field's hash encoding and MLP; `dtype` runs the MLP under that
+    autocast on CUDA. A `TritonMLP` (built only after the Triton grid, `mlp_impl`) takes the grid's features
+    level-major, and with `exact` computes at fp32 accuracy even where TF32 is allowed. `replay`: `probe`'s
+    values at these points (same encoding, MLP and dtype)."""
+    features = _features(encoding, mlp, unit, dtype, replay)
+    return _mlp(mlp, features, dtype, None if replay is None else replay.out, exact)
+
+
+@torch.no_grad()
+def probe(encoding: nn.Module, mlp: nn.Module, unit: torch.Tensor,
+          dtype: torch.dtype | None = None) -> tuple[torch.Tensor, Encoded]:
+    """`encode` without gradients, with what a later `encode(..., replay=)` at these points reuses."""
+    features = _features(encoding, mlp, unit, dtype, None)
+    out = _mlp(mlp, features, dtype)
+    return out, Encoded(features, out if isinstance(mlp, TritonMLP) and dtype is None else None)
 
 
 def fused_shape(in_dim: int, hidden: int, out_dim: int, hidden_layers: int) -> bool:

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import HashGridConfig, NerfConfig
 from .hashgrid import make_hash_encoding
-from .mlp import encode, make_mlp, mlp_impl
+from .mlp import Encoded, encode, make_mlp, mlp_impl, probe, replays
 
 BLOB = {"object": (10.0, 0.5), "scene": (-10.0, 2.5)}  # mode -> (lambda, r)
 HIDDEN = 64
@@ -47,15 +47,13 @@ class NeRF(nn.Module):
     def blob(self, x: torch.Tensor) -> torch.Tensor:
         return self.blob_lambda * (1 - x.norm(dim=-1) / self.blob_radius)
 
-    def _raw(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """The MLP's raw outputs [N,4]; `exact` keeps it in fp32 (finite-difference normals divide differences
-        of the density at points 1/max_res apart, which bf16/fp16 rounding would swamp)."""
-        unit = ((x / self.bound) + 1) / 2
-        if self.mlp_dtype is None or exact:
-            return encode(self.encoding, self.mlp, unit)
-        features = self.encoding(unit)
-        with torch.autocast("cuda", dtype=self.mlp_dtype):
-            return self.mlp(features).float()
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x / self.bound) + 1) / 2
+
+    def _raw(self, x: torch.Tensor, exact: bool = False, replay: Encoded | None = None) -> torch.Tensor:
+        """The MLP's raw outputs [N,4]; `exact` keeps it at fp32 accuracy (finite-difference normals divide
+        differences of the density at points 1/max_res apart, which bf16/fp16/TF32 rounding would swamp)."""
+        return encode(self.encoding, self.mlp, self._unit(x), None if exact else self.mlp_dtype, replay, exact)
 
     def density_pre(self, x: torch.Tensor) -> torch.Tensor:
         """Density before the activation (raw + blob) [N]: monotone in sigma, smooth far from the object."""
@@ -65,15 +63,27 @@ class NeRF(nn.Module):
         """sigma(x) >= 0 [N] for world points x [N,3]."""
         return F.softplus(self.density_pre(x))
 
-    def forward(self, x: torch.Tensor, with_normal: bool = False):
+    def probe(self, x: torch.Tensor) -> tuple[torch.Tensor, Encoded | None]:
+        """sigma(x) [N] without gradients, and what forward(x, replay=...) at the same points reuses instead of
+        running the network again (None where the encoding cannot replay)."""
+        if not replays(self.encoding):
+            with torch.no_grad():
+                return self.density(x), None
+        raw, kept = probe(self.encoding, self.mlp, self._unit(x), self.mlp_dtype)
+        return F.softplus(raw[:, 0] + self.blob(x)), kept
+
+    def forward(self, x: torch.Tensor, with_normal: bool = False, replay: Encoded | None = None):
         """(sigma [N], albedo [N,3] in [0,1]) at world points x [N,3]; with_normal adds normal(x) [N,3] from the
-        same network pass (4 points per sample instead of 1 + 6)."""
+        same network pass (4 points per sample instead of 1 + 6). `replay`: `probe`'s values at x (without
+        normals: they need points that probe did not visit)."""
         n = x.shape[0]
         pts = x
         if with_normal:
+            if replay is not None:
+                raise ValueError("A probe's values cannot be replayed with normals.")
             steps = torch.eye(3, device=x.device, dtype=x.dtype) * self.normal_eps
             pts = torch.cat([x[None], x[None] + steps[:, None, :]]).reshape(-1, 3)  # [4N,3]
-        raw = self._raw(pts, exact=with_normal)
+        raw = self._raw(pts, exact=with_normal, replay=replay)
         pre = raw[:, 0] + self.blob(pts)
         sigma, albedo = F.softplus(pre[:n]), torch.sigmoid(raw[:n, 1:])
         if not with_normal:

@@ -234,9 +234,11 @@ def _vector_atomics(device: torch.device) -> bool:
 
 class _TritonHashGridFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, params, grid, level_major):
+    def forward(ctx, x, params, grid, level_major, replay):
         ctx.grid = grid
         ctx.save_for_backward(x, params)
+        if replay is not None:  # the backward recomputes the corners from x alone
+            return replay
         n, L, F = x.shape[0], grid.n_levels, grid.n_features
         out = x.new_empty(L, n, F)
         if n > 0:  # an empty launch grid is not a valid CUDA launch
@@ -264,11 +266,13 @@ class _TritonHashGridFunction(torch.autograd.Function):
                                                       FP=triton.next_power_of_2(F), WANT_PARAMS=want_params,
                                                       WANT_X=want_x, VECTOR=_vector_atomics(x.device),
                                                       BLOCK=BLOCK, num_warps=BACKWARD_WARPS)
-        return grad_x.sum(0) if want_x else None, grad_params if want_params else None, None, None
+        return grad_x.sum(0) if want_x else None, grad_params if want_params else None, None, None, None
 
 
-def hash_encode(x: torch.Tensor, params: torch.Tensor, grid, level_major: bool = False) -> torch.Tensor:
+def hash_encode(x: torch.Tensor, params: torch.Tensor, grid, level_major: bool = False,
+                replay: torch.Tensor | None = None) -> torch.Tensor:
     """Features [N, levels·F] of points x [N,3] in [0,1]^3 (fp32, contiguous) from `grid`'s table `params` and
     layout (a `TorchHashGrid`: its resolutions, hash multipliers and level offsets); level-major [levels, N, F]
-    with `level_major`, as the kernels lay them out (the fused MLP reads them so)."""
-    return _TritonHashGridFunction.apply(x, params, grid, level_major)
+    with `level_major`, as the kernels lay them out (the fused MLP reads them so). `replay`: those features as
+    an earlier call without gradients computed them at x, returned without running the forward kernel."""
+    return _TritonHashGridFunction.apply(x, params, grid, level_major, replay)

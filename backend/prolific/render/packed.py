@@ -10,7 +10,9 @@ Early termination (a ray stops once its transmittance is below `early_stop`) and
 threestudio renders with): the density alone without gradients over the packed samples, then those samples are
 dropped before the field runs with gradients, so neither its forward nor its backward pays for them. Unlike
 nerfacc, the density pass runs in rounds along the rays and stops at the rays that turned opaque (`_prune`),
-so the inside of a solid object costs nothing.
+so the inside of a solid object costs nothing. Without normals the pass keeps what the field computed at the
+samples it keeps (`NeRF.probe`), and the field's pass with gradients replays it: its forward costs nothing, its
+backward is the usual one (the hash grid's and the fused MLP's backward recompute from their inputs).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Callable
 import torch
 
 from ..config import NerfConfig
+from ..field.mlp import Encoded
 from ..kernels import triton_available
 from .cameras import Cameras
 from .composite import composite as composite_torch
@@ -40,7 +43,7 @@ def render_nerf_packed(nerf, background, cameras: Cameras, H: int, W: int, shadi
                        occupancy: OccupancyGrid | None = None, step: float = 0.01, early_stop: float = 0.0,
                        alpha_threshold: float = 0.0, light_dir: torch.Tensor | None = None, jitter: bool | None = None,
                        generator: torch.Generator | None = None, composite: Callable = composite_torch,
-                       walk: Callable = walk_lattice) -> dict[str, torch.Tensor]:
+                       walk: Callable = walk_lattice, replay: bool = True) -> dict[str, torch.Tensor]:
     """`render_nerf` (same arguments and outputs) with packed samples every `step` world units."""
     check_shading(shading)
     B = len(cameras)
@@ -48,7 +51,8 @@ def render_nerf_packed(nerf, background, cameras: Cameras, H: int, W: int, shadi
     ray_batch = torch.arange(B, device=origins.device).repeat_interleave(H * W)
     light = light_directions(cameras, light_dir, origins.dtype)[ray_batch] if shading != "albedo" else None
     out = render_rays_packed(nerf, background, origins.reshape(-1, 3), dirs.reshape(-1, 3), ray_batch, light,
-                             shading, occupancy, step, early_stop, alpha_threshold, jitter, generator, composite, walk)
+                             shading, occupancy, step, early_stop, alpha_threshold, jitter, generator, composite, walk,
+                             replay)
     return as_images(out, B, H, W)
 
 
@@ -56,22 +60,25 @@ def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tens
                        light: torch.Tensor | None, shading: str = "albedo", occupancy: OccupancyGrid | None = None,
                        step: float = 0.01, early_stop: float = 0.0, alpha_threshold: float = 0.0,
                        jitter: bool | None = None, generator: torch.Generator | None = None,
-                       composite: Callable = composite_torch,
-                       walk: Callable = walk_lattice) -> dict[str, torch.Tensor]:
-    """`volume.render_rays` with packed samples: per-ray outputs for rays origins/dirs [R,3]."""
+                       composite: Callable = composite_torch, walk: Callable = walk_lattice,
+                       replay: bool = True) -> dict[str, torch.Tensor]:
+    """`volume.render_rays` with packed samples: per-ray outputs for rays origins/dirs [R,3]. `replay`: the
+    field's pass with gradients reuses the density pass's values (where there is one, without normals)."""
     jitter = nerf.training if jitter is None else jitter
     samples = march_rays(origins, dirs, nerf.bound, step, occupancy, jitter, generator, walk)
+    need_normals = shading != "albedo"
+    values = None
     if (early_stop > 0 or alpha_threshold > 0) and len(samples) > 0:
-        samples = _prune(nerf, samples, origins, dirs, early_stop, alpha_threshold)
+        samples, values = _prune(nerf, samples, origins, dirs, early_stop, alpha_threshold,
+                                 keep_values=replay and not need_normals and torch.is_grad_enabled())
     ray, t = samples.ray, samples.t
     x = origins[ray] + t[:, None] * dirs[ray]
-    need_normals = shading != "albedo"
     if need_normals:
         sigma, albedo, normal = eval_field(nerf, x, with_normal=True)
         color = LIGHT.shade(albedo, normal, light[ray], shading)
         features = torch.cat([color.float(), t[:, None], normal.float()], dim=1)
     else:
-        sigma, color = eval_field(nerf, x, with_normal=False)
+        sigma, color = eval_field(nerf, x, with_normal=False, replay=values)
         features = torch.cat([color.float(), t[:, None]], dim=1)
     weights, acc, opacity = composite(sigma.float() * samples.dt, features, ray, samples.offsets)
     opacity = opacity[:, None]
@@ -85,13 +92,27 @@ def render_rays_packed(nerf, background, origins: torch.Tensor, dirs: torch.Tens
 
 @torch.no_grad()
 def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha_threshold: float,
-           first_round: int = FIRST_ROUND) -> PackedSamples:
+           first_round: int = FIRST_ROUND, keep_values: bool = False) -> tuple[PackedSamples, Encoded | None]:
     """The samples that reach the field: transmittance >= early_stop and alpha >= alpha_threshold. With early
     termination the densities are taken in rounds along the rays (the first `first_round` samples of every ray,
     then twice as many of the rays still lit, and so on), so a ray stops costing density calls soon after it
-    turns opaque instead of after the object's far side; the kept samples are those of one pass over all."""
+    turns opaque instead of after the object's far side; the kept samples are those of one pass over all.
+
+    With `keep_values` (and a field that can replay them) also the field's values at the kept samples, in
+    their order (`NeRF.probe`); else None. Only samples whose alpha passes are held between rounds."""
+    keep_values = keep_values and hasattr(nerf, "probe")  # a NeRF; test fields have density alone
+    held = []  # (sample indices, the field's values there) of the samples whose alpha passed
+
+    def densities(idx):
+        sd, values = _sigma_dt(nerf, samples, origins, dirs, idx, keep_values)
+        if values is not None:
+            passing = (1 - torch.exp(-sd) >= alpha_threshold).nonzero().squeeze(1)
+            at = passing if isinstance(idx, slice) else idx.index_select(0, passing)
+            held.append((at, values.take(passing)))
+        return sd
+
     if early_stop <= 0:
-        sigma_dt = _sigma_dt(nerf, samples, origins, dirs, slice(None))
+        sigma_dt = densities(slice(None))
     else:
         sigma_dt = torch.zeros_like(samples.t)
         along = torch.arange(len(samples), device=samples.t.device) - samples.offsets[samples.ray]  # index in ray
@@ -102,38 +123,58 @@ def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha
             idx = (lit[samples.ray] & (along >= lo) & (along < lo + size)).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
-            sd = _sigma_dt(nerf, samples, origins, dirs, idx)
+            sd = densities(idx)
             sigma_dt[idx] = sd
             depth.index_add_(0, samples.ray[idx], sd.double())
             lo, size = lo + size, 2 * size
             lit &= (counts > lo) & (torch.exp(-depth) >= early_stop)
-    keep = transmittance(sigma_dt, samples.ray, samples.offsets) >= early_stop
-    return samples.select(keep & (1 - torch.exp(-sigma_dt) >= alpha_threshold))
+    keep = (transmittance(sigma_dt, samples.ray, samples.offsets) >= early_stop) & (
+        1 - torch.exp(-sigma_dt) >= alpha_threshold)
+    if not held:
+        return samples.select(keep), None
+    # Every kept sample passed its alpha test, so it is held: each sample's row among the kept, or -1. The held
+    # parts shrink to their kept samples first, then fill the kept rows: the peak is about twice the kept
+    # values (filling a full-size result while every held part is still whole measured 1 GB more at 512 px).
+    rank = torch.where(keep, keep.cumsum(0) - 1, -1)
+    placed = []
+    while held:
+        at, values = held.pop()
+        rows = rank.index_select(0, at)
+        inside = (rows >= 0).nonzero().squeeze(1)
+        placed.append((rows.index_select(0, inside), values.take(inside)))
+    kept = samples.select(keep)
+    return kept, Encoded.assemble(placed, len(kept))
 
 
-def _sigma_dt(nerf, samples: PackedSamples, origins, dirs, idx) -> torch.Tensor:
-    """σ·Δt of the samples `idx` (indices or a slice), in chunks of _DENSITY_CHUNK points."""
+def _sigma_dt(nerf, samples: PackedSamples, origins, dirs, idx,
+              keep_values: bool = False) -> tuple[torch.Tensor, Encoded | None]:
+    """σ·Δt of the samples `idx` (indices or a slice), in chunks of _DENSITY_CHUNK points, and with
+    `keep_values` the field's values there (`NeRF.probe`)."""
     ray = samples.ray[idx]
     x = origins[ray] + samples.t[idx, None] * dirs[ray]
-    return torch.cat([nerf.density(chunk).float() for chunk in x.split(_DENSITY_CHUNK)]) * samples.dt[idx]
+    parts = [nerf.probe(chunk) if keep_values else (nerf.density(chunk), None) for chunk in x.split(_DENSITY_CHUNK)]
+    sigma_dt = torch.cat([sigma.float() for sigma, _ in parts]) * samples.dt[idx]
+    values = [v for _, v in parts if v is not None]  # none where the field cannot replay (tiny-cuda-nn's grid)
+    return sigma_dt, Encoded.cat(values) if values else None
 
 
 @dataclass(frozen=True)
 class PackedRenderer:
-    """render_nerf_packed with a particle's settings: step, the pruning thresholds, the lattice walk and the
-    compositing (segment ops, or the Triton kernels)."""
+    """render_nerf_packed with a particle's settings: step, the pruning thresholds, the lattice walk, the
+    compositing (segment ops, or the Triton kernels) and whether the density pass's values are replayed."""
 
     step: float
     early_stop: float = 0.0
     alpha_threshold: float = 0.0
     composite: Callable = composite_torch
     walk: Callable = walk_lattice
+    replay: bool = True
     name: str = "packed"
 
     def __call__(self, nerf, background, cameras: Cameras, H: int, W: int, **kwargs) -> dict[str, torch.Tensor]:
         return render_nerf_packed(nerf, background, cameras, H, W, step=self.step, early_stop=self.early_stop,
                                   alpha_threshold=self.alpha_threshold, composite=self.composite, walk=self.walk,
-                                  **kwargs)
+                                  replay=self.replay, **kwargs)
 
     @property
     def fused(self) -> bool:

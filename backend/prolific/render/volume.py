@@ -32,11 +32,14 @@ class OccupancyGrid(nn.Module):
 
     `update` keeps an exponential moving maximum of each cell's density like instant-ngp (old * decay vs new,
     whichever is larger), sampled at the cell's 8 corners and one random point inside it; a cell is occupied while
-    that value exceeds min(threshold, mean density). Index order of the grids is [x, y, z]."""
+    that value times `step` exceeds min(threshold, its mean times `step`): with the renderer's march step that is
+    nerfacc's test on σ·Δt (≈ a sample's alpha), with step 1 one on the density itself. Index order of the grids
+    is [x, y, z]."""
 
-    def __init__(self, res: int, bound: float, threshold: float = 0.01, decay: float = 0.95):
+    def __init__(self, res: int, bound: float, threshold: float = 0.01, decay: float = 0.95, step: float = 1.0):
         super().__init__()
         self.res, self.bound, self.threshold, self.decay = int(res), float(bound), float(threshold), float(decay)
+        self.step = float(step)
         self.register_buffer("density", torch.full((res, res, res), float("inf")))
         self.register_buffer("occupied", torch.ones(res, res, res, dtype=torch.bool))
 
@@ -62,8 +65,8 @@ class OccupancyGrid(nn.Module):
         new = torch.maximum(corner_max, inner)
         old = torch.where(torch.isinf(self.density), torch.zeros_like(new), self.density * self.decay)
         self.density.copy_(torch.maximum(old, new))
-        threshold = min(self.threshold, float(self.density.mean()))
-        self.occupied.copy_(self.density > threshold)
+        threshold = min(self.threshold, float(self.density.mean()) * self.step)
+        self.occupied.copy_(self.density * self.step > threshold)
 
     def lookup(self, pts: torch.Tensor) -> torch.Tensor:
         """Whether each world point [...,3] lies in an occupied cell (False outside the cube)."""
@@ -121,14 +124,23 @@ def background_rgb(background, dirs: torch.Tensor, ray_batch: torch.Tensor) -> t
 FIELD_CHUNK = 1 << 23
 
 
-def eval_field(nerf, x: torch.Tensor, with_normal: bool):
+def eval_field(nerf, x: torch.Tensor, with_normal: bool, replay=None):
     """nerf(x) for the sampled points; with gradients and many points, in chunks that keep only their outputs
-    and recompute the network in backward (activation checkpointing), so memory grows ~10 floats per sample."""
-    call = (lambda pts: nerf(pts, with_normal=True)) if with_normal else nerf
+    and recompute the network in backward (activation checkpointing), so memory grows ~10 floats per sample.
+    `replay`: the field's values at x from `NeRF.probe`, which its forward hands back instead of running the
+    grid (and the fused MLP); a PyTorch MLP still runs, and is checkpointed like the rest."""
+    if with_normal:
+        def call(pts, _):
+            return nerf(pts, with_normal=True)
+    else:
+        def call(pts, values):
+            return nerf(pts) if values is None else nerf(pts, replay=values)
     chunk = FIELD_CHUNK // 4 if with_normal else FIELD_CHUNK
     if not torch.is_grad_enabled() or x.shape[0] <= chunk:
-        return call(x)
-    parts = [checkpoint(call, part, use_reentrant=False, preserve_rng_state=False) for part in x.split(chunk)]
+        return call(x, replay)
+    values = replay.split(chunk) if replay is not None else [None] * len(x.split(chunk))
+    parts = [checkpoint(call, part, v, use_reentrant=False, preserve_rng_state=False)
+             for part, v in zip(x.split(chunk), values)]
     return tuple(torch.cat(outs) for outs in zip(*parts))
 
 

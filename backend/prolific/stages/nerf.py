@@ -18,7 +18,7 @@ from ..field.nerf import Background, NeRF
 from ..prior.prompts import ViewSectors
 from ..prior.vsd import ScoreDistillation
 from ..render.cameras import sample_light_dirs, turntable_cameras
-from ..render.packed import make_renderer
+from ..render.packed import PackedRenderer, make_renderer
 from ..render.shading import SHADINGS
 from ..render.volume import OccupancyGrid
 from .context import StageContext, particle_cameras, save_png
@@ -45,8 +45,11 @@ def resolution_at(cfg: NerfConfig, step: int) -> int:
 def make_particle(cfg: NerfConfig, grid: HashGridConfig, device: torch.device) -> Particle:
     nerf = NeRF(cfg, grid, device=device)
     background = Background(cfg).to(device)
-    occupancy = OccupancyGrid(cfg.occupancy_res, cfg.bound, cfg.occupancy_threshold).to(device)
-    return Particle(nerf, background, occupancy, make_renderer(cfg, device))
+    renderer = make_renderer(cfg, device)
+    # The grid tests σ·Δt at the packed renderer's march step; the dense renderer has no fixed step: σ alone.
+    step = renderer.step if isinstance(renderer, PackedRenderer) else 1.0
+    occupancy = OccupancyGrid(cfg.occupancy_res, cfg.bound, cfg.occupancy_threshold, step=step).to(device)
+    return Particle(nerf, background, occupancy, renderer)
 
 
 def make_optimizer(cfg: NerfConfig, nerf: NeRF, background: Background,
