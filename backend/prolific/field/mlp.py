@@ -16,13 +16,12 @@ IMPLS = ("torch", "triton")
 
 
 class TritonMLP(nn.Sequential):
-    """The Sequential's layers in one fused kernel per pass, as accurate as fp32 (3xTF32 products; CUDA tensors,
-    CPU ones under TRITON_INTERPRET=1).
+    """The Sequential's layers in one fused kernel per pass, with fp32 data and the products of fp32 matmuls (3xTF32
+    at fp32 accuracy, or TF32 where PyTorch allows it; CUDA tensors, CPU ones under TRITON_INTERPRET=1).
 
     Its input is [N, in], or level-major [L, N, F] features (L·F = in) as a `TritonHashGrid` gives them with
     level_major=True: the kernels read that layout, so the features are never transposed. Under autocast it runs
-    the layers as the Sequential does: the kernels compute at fp32 accuracy only, and autocast asks for the
-    layers in lower precision."""
+    the layers as the Sequential does: autocast asks for fp16/bf16 layers, which the kernels do not compute."""
 
     def forward(self, x: torch.Tensor, replay: torch.Tensor | None = None, exact: bool = False) -> torch.Tensor:
         """`replay`: the output an earlier call without gradients gave for this x; `exact`: 3xTF32 products even
@@ -54,9 +53,6 @@ class Encoded:
     @property
     def point_dim(self) -> int:
         return 1 if self.features.dim() == 3 else 0
-
-    def __len__(self) -> int:
-        return self.features.shape[self.point_dim]
 
     def take(self, idx: torch.Tensor) -> "Encoded":
         """The points idx (int64 indices) in that order."""

@@ -114,8 +114,7 @@ def _mlp_bwd(x_ptr, g_ptr, w_in, b_in, w_mid, b_mid, w_out, b_out, gx_ptr, part_
     gbi = tl.zeros([H], dtype=tl.float32)
     gwo = tl.zeros([OUT, H], dtype=tl.float32)
     gbo = tl.zeros([OUT], dtype=tl.float32)
-    # The weights once per program, not once per block of rows (for the NeRF's 32→64→64→4, 7168 values: 448
-    # per row of a 16-row block).
+    # The weights once per program, not once per block of rows (the NeRF's 32→64→64→4 has 7168).
     wi, bi = _weight(w_in, b_in, H, N_IN, H, IN)
     wo, bo = _weight(w_out, b_out, N_OUT, H, OUT, H)
     if HIDDEN_LAYERS == 2:

@@ -100,7 +100,7 @@ def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha
 
     With `keep_values` (and a field that can replay them) also the field's values at the kept samples, in
     their order (`NeRF.probe`); else None. Only samples whose alpha passes are held between rounds."""
-    keep_values = keep_values and hasattr(nerf, "probe")  # a NeRF; test fields have density alone
+    keep_values = keep_values and hasattr(nerf, "probe")  # a field with a density alone has nothing to replay
     held = []  # (sample indices, the field's values there) of the samples whose alpha passed
 
     def densities(idx):
