@@ -138,9 +138,10 @@ def eval_field(nerf, x: torch.Tensor, with_normal: bool, replay=None):
     chunk = FIELD_CHUNK // 4 if with_normal else FIELD_CHUNK
     if not torch.is_grad_enabled() or x.shape[0] <= chunk:
         return call(x, replay)
-    values = replay.split(chunk) if replay is not None else [None] * len(x.split(chunk))
+    points = x.split(chunk)
+    values = replay.split(chunk) if replay is not None else [None] * len(points)
     parts = [checkpoint(call, part, v, use_reentrant=False, preserve_rng_state=False)
-             for part, v in zip(x.split(chunk), values)]
+             for part, v in zip(points, values)]
     return tuple(torch.cat(outs) for outs in zip(*parts))
 
 
