@@ -276,3 +276,17 @@ def test_the_occupancy_grid_tests_sigma_times_the_march_step(cfg):
     assert marched[1] < 0.8 * marched[0]
     for key in ("ray", "t"):
         assert torch.equal(getattr(kept[0], key), getattr(kept[1], key))
+
+
+def test_replayed_values_split_over_checkpointed_chunks_give_the_one_pass_render(cfg, monkeypatch):
+    import prolific.render.volume as volume
+
+    nerf, bg = _nerf(cfg)
+    nerf.train()
+    whole, whole_grads, _ = _render_and_grads(nerf, bg, replay=True)
+    monkeypatch.setattr(volume, "FIELD_CHUNK", 50)
+    chunked, grads, _ = _render_and_grads(nerf, bg, replay=True)
+    assert whole["n_samples"] > 150  # several chunks
+    torch.testing.assert_close(chunked["rgb"], whole["rgb"], rtol=0, atol=1e-6)
+    for a, b in zip(whole_grads, grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
