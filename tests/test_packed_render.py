@@ -290,3 +290,17 @@ def test_replayed_values_split_over_checkpointed_chunks_give_the_one_pass_render
     torch.testing.assert_close(chunked["rgb"], whole["rgb"], rtol=0, atol=1e-6)
     for a, b in zip(whole_grads, grads):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+
+
+def test_values_held_chunk_by_chunk_give_the_one_chunk_render(cfg, monkeypatch):
+    import prolific.render.packed as packed
+
+    nerf, bg = _nerf(cfg)
+    nerf.train()
+    whole, whole_grads, _ = _render_and_grads(nerf, bg, replay=True)
+    monkeypatch.setattr(packed, "_DENSITY_CHUNK", 37)
+    chunked, grads, _ = _render_and_grads(nerf, bg, replay=True)
+    assert whole["n_samples"] > 150  # several density chunks in the first round
+    torch.testing.assert_close(chunked["rgb"], whole["rgb"], rtol=0, atol=1e-6)
+    for a, b in zip(whole_grads, grads):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))

@@ -26,7 +26,6 @@ from ..field.mlp import Encoded
 from ..kernels import triton_available
 from .cameras import Cameras
 from .composite import composite as composite_torch
-from .composite import transmittance
 from .march import PackedSamples, march_rays, march_step, walk_lattice
 from .shading import LIGHT
 from .volume import (OccupancyGrid, as_images, background_rgb, check_shading, eval_field, light_directions,
@@ -99,63 +98,81 @@ def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha
     turns opaque instead of after the object's far side; the kept samples are those of one pass over all.
 
     With `keep_values` (and a field that can replay them) also the field's values at the kept samples, in
-    their order (`NeRF.probe`); else None. Only samples whose alpha passes are held between rounds."""
+    their order (`NeRF.probe`); else None. A round holds every sample in front of its own along their rays, so
+    which of them are kept is known when it ends: only their values are held."""
     keep_values = keep_values and hasattr(nerf, "probe")  # a field with a density alone has nothing to replay
-    held = []  # (sample indices, the field's values there) of the samples whose alpha passed
-
-    def densities(idx):
-        sd, values = _sigma_dt(nerf, samples, origins, dirs, idx, keep_values)
-        if values is not None:
-            passing = (1 - torch.exp(-sd) >= alpha_threshold).nonzero().squeeze(1)
-            at = passing if isinstance(idx, slice) else idx.index_select(0, passing)
-            held.append((at, values.take(passing)))
-        return sd
-
     if early_stop <= 0:
-        sigma_dt = densities(slice(None))
-    else:
-        sigma_dt = torch.zeros_like(samples.t)
-        along = torch.arange(len(samples), device=samples.t.device) - samples.offsets[samples.ray]  # index in ray
-        counts = samples.offsets.diff()
-        depth = torch.zeros(samples.n_rays, dtype=torch.float64, device=samples.t.device)  # optical depth so far
-        lit, lo, size = counts > 0, 0, first_round
-        while True:
-            idx = (lit[samples.ray] & (along >= lo) & (along < lo + size)).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            sd = densities(idx)
-            sigma_dt[idx] = sd
-            depth.index_add_(0, samples.ray[idx], sd.double())
-            lo, size = lo + size, 2 * size
-            lit &= (counts > lo) & (torch.exp(-depth) >= early_stop)
-    keep = (transmittance(sigma_dt, samples.ray, samples.offsets) >= early_stop) & (
-        1 - torch.exp(-sigma_dt) >= alpha_threshold)
+        sigma_dt, values = _sigma_dt(nerf, samples, origins, dirs, slice(None), keep_values)
+        keep = 1 - torch.exp(-sigma_dt) >= alpha_threshold
+        if not values:
+            return samples.select(keep), None
+        return samples.select(keep), Encoded.cat([v for _, v in _take(values, keep.nonzero().squeeze(1))])
+    held = []  # (sample indices, the field's values there) of each round's kept samples
+    keep = torch.zeros(len(samples), dtype=torch.bool, device=samples.t.device)
+    counts = samples.offsets.diff()
+    depth = torch.zeros(samples.n_rays, dtype=torch.float64, device=samples.t.device)  # optical depth so far
+    rays, lo, size = (counts > 0).nonzero().squeeze(1), 0, first_round  # the rays still lit
+    while rays.numel() > 0:
+        idx, run, first, last = _round(samples.offsets, rays, lo, size)
+        sd, values = _sigma_dt(nerf, samples, origins, dirs, idx, keep_values)
+        # In float64, as composite.transmittance: the depth in front of a sample is its ray's before this round
+        # plus the round's own samples in front of it.
+        total = torch.cumsum(sd.double(), 0)
+        before = total - sd.double()
+        front = (depth.index_select(0, rays) - before.index_select(0, first)).index_select(0, run) + before
+        rows = ((torch.exp(-front) >= early_stop) & (1 - torch.exp(-sd) >= alpha_threshold)).nonzero().squeeze(1)
+        at = idx.index_select(0, rows)
+        keep[at] = True
+        held += [(at[part], v) for part, v in _take(values, rows)]
+        depth.index_add_(0, rays, total.index_select(0, last) - before.index_select(0, first))
+        lo, size = lo + size, 2 * size
+        rays = rays[(counts.index_select(0, rays) > lo) & (torch.exp(-depth.index_select(0, rays)) >= early_stop)]
+    kept = samples.select(keep)
     if not held:
-        return samples.select(keep), None
-    # Every kept sample passed its alpha test, so it is held: each sample's row among the kept, or -1. The held
-    # parts shrink to their kept samples first, then fill the kept rows: the peak is about twice the kept
-    # values (filling a full-size result while every held part is still whole measured 1 GB more at 512 px).
-    rank = torch.where(keep, keep.cumsum(0) - 1, -1)
+        return kept, None
+    rank = keep.cumsum(0) - 1  # a kept sample's row among the kept
     placed = []
     while held:
         at, values = held.pop()
-        rows = rank.index_select(0, at)
-        inside = (rows >= 0).nonzero().squeeze(1)
-        placed.append((rows.index_select(0, inside), values.take(inside)))
-    kept = samples.select(keep)
+        placed.append((rank.index_select(0, at), values))
     return kept, Encoded.assemble(placed, len(kept))
 
 
+def _round(offsets: torch.Tensor, rays: torch.Tensor, lo: int, size: int):
+    """The samples lo..lo+size-1 along each of `rays` (each with more than lo): their indices [n] in order, the
+    position in `rays` of each one's ray [n], and where each ray's run starts and ends in them [len(rays)]."""
+    start = offsets.index_select(0, rays) + lo
+    count = (offsets.index_select(0, rays + 1) - start).clamp_max(size)
+    end = torch.cumsum(count, 0)
+    n = int(end[-1])
+    run = torch.repeat_interleave(torch.arange(rays.numel(), device=rays.device), count, output_size=n)
+    first = end - count
+    idx = torch.arange(n, device=rays.device) + (start - first).index_select(0, run)
+    return idx, run, first, end - 1
+
+
 def _sigma_dt(nerf, samples: PackedSamples, origins, dirs, idx,
-              keep_values: bool = False) -> tuple[torch.Tensor, Encoded | None]:
+              keep_values: bool = False) -> tuple[torch.Tensor, list[Encoded]]:
     """σ·Δt of the samples `idx` (indices or a slice), in chunks of _DENSITY_CHUNK points, and with
-    `keep_values` the field's values there (`NeRF.probe`)."""
+    `keep_values` the field's values there chunk by chunk (`NeRF.probe`; none where the field cannot replay,
+    as with tiny-cuda-nn's grid)."""
     ray = samples.ray[idx]
     x = origins[ray] + samples.t[idx, None] * dirs[ray]
     parts = [nerf.probe(chunk) if keep_values else (nerf.density(chunk), None) for chunk in x.split(_DENSITY_CHUNK)]
     sigma_dt = torch.cat([sigma.float() for sigma, _ in parts]) * samples.dt[idx]
-    values = [v for _, v in parts if v is not None]  # none where the field cannot replay (tiny-cuda-nn's grid)
-    return sigma_dt, Encoded.cat(values) if values else None
+    return sigma_dt, [v for _, v in parts if v is not None]
+
+
+def _take(chunks: list[Encoded], rows: torch.Tensor) -> list[tuple[slice, Encoded]]:
+    """The values at `rows` (ascending) of the chunks' concatenation, chunk by chunk, each with the stretch of
+    `rows` it holds: no chunk is copied whole."""
+    if len(chunks) <= 1:
+        return [(slice(None), chunk.take(rows)) for chunk in chunks]
+    starts = range(0, len(chunks) * _DENSITY_CHUNK, _DENSITY_CHUNK)
+    cuts = torch.searchsorted(rows, torch.tensor(starts[1:], device=rows.device)).tolist()
+    bounds = [0, *cuts, rows.numel()]
+    return [(slice(a, b), chunk.take(rows[a:b] - start))
+            for chunk, start, a, b in zip(chunks, starts, bounds, bounds[1:])]
 
 
 @dataclass(frozen=True)
