@@ -1,4 +1,5 @@
 """The packed renderer (fixed-step marching through the occupancy grid) against the dense one, and what it costs."""
+import importlib
 import math
 
 import pytest
@@ -278,29 +279,15 @@ def test_the_occupancy_grid_tests_sigma_times_the_march_step(cfg):
         assert torch.equal(getattr(kept[0], key), getattr(kept[1], key))
 
 
-def test_replayed_values_split_over_checkpointed_chunks_give_the_one_pass_render(cfg, monkeypatch):
-    import prolific.render.volume as volume
-
+# The replayed values split over the field pass's checkpointed chunks, or held density chunk by density chunk.
+@pytest.mark.parametrize("module, chunk, size", [("volume", "FIELD_CHUNK", 50), ("packed", "_DENSITY_CHUNK", 37)])
+def test_replayed_values_in_chunks_give_the_one_chunk_render(cfg, monkeypatch, module, chunk, size):
     nerf, bg = _nerf(cfg)
     nerf.train()
     whole, whole_grads, _ = _render_and_grads(nerf, bg, replay=True)
-    monkeypatch.setattr(volume, "FIELD_CHUNK", 50)
+    monkeypatch.setattr(importlib.import_module(f"prolific.render.{module}"), chunk, size)
     chunked, grads, _ = _render_and_grads(nerf, bg, replay=True)
     assert whole["n_samples"] > 150  # several chunks
-    torch.testing.assert_close(chunked["rgb"], whole["rgb"], rtol=0, atol=1e-6)
-    for a, b in zip(whole_grads, grads):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
-
-
-def test_values_held_chunk_by_chunk_give_the_one_chunk_render(cfg, monkeypatch):
-    import prolific.render.packed as packed
-
-    nerf, bg = _nerf(cfg)
-    nerf.train()
-    whole, whole_grads, _ = _render_and_grads(nerf, bg, replay=True)
-    monkeypatch.setattr(packed, "_DENSITY_CHUNK", 37)
-    chunked, grads, _ = _render_and_grads(nerf, bg, replay=True)
-    assert whole["n_samples"] > 150  # several density chunks in the first round
     torch.testing.assert_close(chunked["rgb"], whole["rgb"], rtol=0, atol=1e-6)
     for a, b in zip(whole_grads, grads):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
