@@ -131,10 +131,8 @@ def _prune(nerf, samples: PackedSamples, origins, dirs, early_stop: float, alpha
     if not held:
         return kept, None
     rank = keep.cumsum(0) - 1  # a kept sample's row among the kept
-    placed = []
-    while held:
-        at, values = held.pop()
-        placed.append((rank.index_select(0, at), values))
+    placed = [(rank.index_select(0, at), values) for at, values in held]
+    held.clear()  # `assemble` frees each part once it is placed
     return kept, Encoded.assemble(placed, len(kept))
 
 
