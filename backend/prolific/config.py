@@ -250,7 +250,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 200 steps: VSD over the 4 quality prompts x 3 seeds (H200) gave silhouette IoU 0.73 after them, 0.67 after
         # 300 and 0.48 after 400 (the soft shapes shrink as the sparsity loss works on, though the cube rose to
         # 0.83 at 300), and 0.65 after 300 with the surface cut lower to follow them (bench_results/
-        # 2026-12-02_h200_quality_demo_steps).
+        # 2026-12-02_h200_quality_demo_steps). The opacity BCE as threestudio has it is worth 0.11 there; stronger
+        # (3000) or earlier (from 20%) hurt, and neither a decaying sparsity nor dropping the BCE at 250-300 steps
+        # beat 0.73 (bench_results/2026-12-02_h200_quality_sparsity_ramp).
         "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "samples_per_ray": 32,
                  "occupancy_res": 32, "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
                  "checkpoint_every": 50, "preview_every": 20,
