@@ -131,7 +131,7 @@ def test_the_check_samples_what_an_exact_prior_knows_whatever_its_prediction_typ
 def test_oversized_objects_appear_only_under_the_empty_caption():
     from prolific.toy import dataset
 
-    data = ToyData(image_size=16, supersample=1)
+    data = ToyData(image_size=16, supersample=1, undersize=0.0)
     batch = data.sample(400, torch.Generator().manual_seed(5))
     empty = torch.tensor([c == "" for c in batch.captions])
     assert 5 <= int(empty.sum()) <= 40  # P_OVERSIZE of 400 is 20
@@ -147,9 +147,9 @@ def test_oversized_objects_appear_only_under_the_empty_caption():
 def test_the_oversized_share_and_scales_are_settings_and_bad_ones_are_refused(capsys):
     from prolific.toy import train
 
-    none = ToyData(image_size=16, supersample=1, oversize=0.0).sample(200, torch.Generator().manual_seed(5))
+    none = ToyData(image_size=16, supersample=1, oversize=0.0, undersize=0.0).sample(200, torch.Generator().manual_seed(5))
     assert "" not in none.captions
-    big = ToyData(image_size=16, supersample=1, oversize=0.5, oversize_scale=(2.0, 2.2))
+    big = ToyData(image_size=16, supersample=1, oversize=0.5, oversize_scale=(2.0, 2.2), undersize=0.0)
     batch = big.sample(200, torch.Generator().manual_seed(5))
     empty = torch.tensor([c == "" for c in batch.captions])
     assert 70 <= int(empty.sum()) <= 130
@@ -160,6 +160,29 @@ def test_the_oversized_share_and_scales_are_settings_and_bad_ones_are_refused(ca
             train.parse_args(["--out", "unused", *bad])
         assert exit_info.value.code == 2
         assert "oversize" in capsys.readouterr().err
+
+
+def test_undersized_objects_appear_only_under_the_empty_caption_beside_the_oversized_ones(capsys):
+    from prolific.toy import train
+
+    data = ToyData(image_size=16, supersample=1, oversize=0.2, undersize=0.3, undersize_scale=(0.5, 0.6))
+    batch = data.sample(400, torch.Generator().manual_seed(5))
+    empty = torch.tensor([c == "" for c in batch.captions])
+    near, far = CameraConfig.camera_distance
+    distance = batch.cameras.distance
+    small = distance > far + 1e-4  # seen from farther than any captioned image
+    big = distance < near - 1e-4
+    assert 80 <= int(small.sum()) <= 160 and 40 <= int(big.sum()) <= 120  # 30% and 20% of 400 (some overlap)
+    assert empty[small].all() and empty[big].all()
+    assert ((distance[~empty] >= near - 1e-4) & (distance[~empty] <= far + 1e-4)).all()
+    assert (distance[empty & ~big] <= far / 0.5 + 1e-4).all()
+    fill = (batch.images.amin(1) < 0.9).float().mean((1, 2))
+    assert fill[small].mean() < 0.6 * fill[~empty].mean()  # 0.5-0.6x: about a third of the area
+    for bad in (["--undersize", "0.96"], ["--undersize-scale", "0.3,0.8"], ["--undersize-scale", "0.6,1.2"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train.parse_args(["--out", "unused", *bad])
+        assert exit_info.value.code == 2
+        assert "undersize" in capsys.readouterr().err
 
 
 def test_size_probe_finds_the_prior_shrinking_an_object_twice_its_size():

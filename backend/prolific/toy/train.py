@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .dataset import OVERSIZE_SCALE, P_OVERSIZE, ToyData, check_oversize
+from .dataset import (OVERSIZE_SCALE, P_OVERSIZE, P_UNDERSIZE, UNDERSIZE_SCALE, ToyData, check_oversize,
+                      check_undersize)
 from .model import PREDICTION_TYPES, build_models, build_tokenizer, fp16_bytes, make_scheduler, save_model, tokenize
 from .train_step import make_optimizer, make_step, set_lr
 
@@ -64,6 +65,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="share of images showing an object larger than life under the empty caption")
     p.add_argument("--oversize-scale", type=_scale_range, default=OVERSIZE_SCALE, metavar="LOW,HIGH",
                    help="the range of their scale")
+    p.add_argument("--undersize", type=float, default=P_UNDERSIZE,
+                   help="share of images showing an object smaller than life under the empty caption")
+    p.add_argument("--undersize-scale", type=_scale_range, default=UNDERSIZE_SCALE, metavar="LOW,HIGH",
+                   help="the range of their scale")
     p.add_argument("--pool", type=int, default=8192, help="images kept rendered on the device")
     p.add_argument("--chunk", type=int, default=1024, help="images rendered per refresh")
     p.add_argument("--reuse", type=float, default=8.0, help="mean number of times each rendered image is used")
@@ -77,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     try:
         check_oversize(args.oversize, args.oversize_scale)
+        check_undersize(args.undersize, args.undersize_scale, args.oversize)
     except ValueError as err:
         p.error(str(err))
     args.work = args.work or args.out.with_name(args.out.name + "-train")
@@ -222,7 +228,8 @@ def train(args: argparse.Namespace, device: torch.device, t_start: float) -> dic
     alphas = scheduler.alphas_cumprod.to(device)
     generator = torch.Generator(device).manual_seed(args.seed * 1_000_003 + step)
     data = ToyData(int(unet.config.sample_size), holdout=args.holdout, oversize=args.oversize,
-                   oversize_scale=args.oversize_scale)
+                   oversize_scale=args.oversize_scale, undersize=args.undersize,
+                   undersize_scale=args.undersize_scale)
     pool = Pool(data, tokenizer, args.pool, device, generator)
     fill_start = time.monotonic()
     while pool.filled < len(pool.images):
@@ -253,6 +260,7 @@ def train(args: argparse.Namespace, device: torch.device, t_start: float) -> dic
         return {"steps": step, "batch": args.batch, "prediction": args.prediction,
                 "train_minutes": round((seconds_before + time.monotonic() - loop_start) / 60, 2),
                 "holdout": args.holdout, "oversize": [args.oversize, *args.oversize_scale],
+                "undersize": [args.undersize, *args.undersize_scale],
                 "final_loss": state["losses"][-1][1] if state["losses"] else None,
                 "device": torch.cuda.get_device_name(device) if cuda else "cpu"}
 
