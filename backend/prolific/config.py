@@ -252,7 +252,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 0.83 at 300), and 0.65 after 300 with the surface cut lower to follow them (bench_results/
         # 2026-12-02_h200_quality_demo_steps). The opacity BCE as threestudio has it is worth 0.11 there; stronger
         # (3000) or earlier (from 20%) hurt, and neither a decaying sparsity nor dropping the BCE at 250-300 steps
-        # beat 0.73 (bench_results/2026-12-02_h200_quality_sparsity_ramp).
+        # beat 0.73 (bench_results/2026-12-02_h200_quality_sparsity_ramp). These are the 13,088-step prior's; the
+        # bundled 13,890-step one gives 0.76 with the same settings (bench_results/2026-12-07_h100_quality_undersize).
         "nerf": {"steps": 200, "resolutions": (32, 64), "resolution_milestones": (80,), "samples_per_ray": 32,
                  "occupancy_res": 32, "occupancy_every": 8, "shading": (0.7, 0.3, 0.0), "random_background": 0.0,
                  "checkpoint_every": 50, "preview_every": 20,

@@ -41,7 +41,7 @@ P_OVERSIZE = 0.05  # larger-than-life objects with the empty caption: a third of
 OVERSIZE_SCALE = (1.3, 2.2)  # their scale; 2.2 keeps the nearest camera (1.0/2.2) outside every object (radius 0.4)
 # Smaller-than-life objects with the empty caption; with the oversized ones half the uncaptioned images. The bundled
 # prior's last 802 steps had them: VSD demo silhouette IoU 0.763 vs 0.735 without over 4 prompts x seeds 0-2, 10%
-# gave 0.699 on seed 0 (bench_results/2026-12-07_h200_quality_undersize).
+# gave 0.699 on seed 0 (bench_results/2026-12-07_h100_quality_undersize).
 P_UNDERSIZE = 0.05
 UNDERSIZE_SCALE = (0.5, 0.8)  # their scale; at 0.5 an object is 12 px across at 64 px from the farthest, widest camera
 # The view sectors of the captions (front/back within ±45° of azimuth 0/180, overhead above 60°): what the bundled
