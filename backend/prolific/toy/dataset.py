@@ -37,11 +37,12 @@ P_SHAPE_ONLY = 0.05  # "a cube"
 P_NO_SUFFIX = 0.15  # prompts without the view suffix (view_dependent_prompt off)
 P_FLAT = 0.15  # flat albedo instead of lambertian shading
 ALBEDO_JITTER = 0.03
-P_OVERSIZE = 0.05  # larger-than-life objects with the empty caption: a third of the uncaptioned images in training
+P_OVERSIZE = 0.05  # larger-than-life objects with the empty caption
 OVERSIZE_SCALE = (1.3, 2.2)  # their scale; 2.2 keeps the nearest camera (1.0/2.2) outside every object (radius 0.4)
-# Smaller-than-life objects with the empty caption; with the oversized ones half the uncaptioned images. The bundled
-# prior's last 802 steps had them: VSD demo silhouette IoU 0.763 vs 0.735 without over 4 prompts x seeds 0-2, 10%
-# gave 0.699 on seed 0 (bench_results/2026-12-07_h100_quality_undersize).
+# Smaller-than-life objects with the empty caption: with the oversized ones, half the uncaptioned images in training
+# (train.py drops 10% of the captions). The bundled prior's last 802 steps had them: demo VSD silhouette IoU over 4
+# prompts x seeds 0-2 0.763 against 0.735 before; a 10% share gave 0.699 on seed 0 against 0.781
+# (bench_results/2026-12-07_h100_quality_undersize).
 P_UNDERSIZE = 0.05
 UNDERSIZE_SCALE = (0.5, 0.8)  # their scale; at 0.5 an object is 12 px across at 64 px from the farthest, widest camera
 # The view sectors of the captions (front/back within ±45° of azimuth 0/180, overhead above 60°): what the bundled
