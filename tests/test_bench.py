@@ -45,6 +45,22 @@ def test_stage1_compare_reports_reference_and_optimised(capsys, tmp_path):
     assert set(result["speedup_vs_reference"]["sdpa,batch"]) == {"16", "24"}
 
 
+def test_stage1_on_the_opaque_ball_renders_it(capsys, tmp_path):
+    """--field solid starts the particle as the opaque ball: its occupancy grid holds far fewer cells than the
+    soft initialisation blob's, and the JSON says which field ran; --gpus (whole jobs) refuses it."""
+    fractions = {}
+    for field in ("blob", "solid"):
+        code, result = _bench(capsys, "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"),
+                              "--resolutions", "16", "--steps", "1", "--warmup", "0", "--opt", "sdpa,batch",
+                              "--field", field, "--device", "cpu")
+        assert code == 0 and result["field"] == field
+        fractions[field] = result["variants"][0]["resolutions"]["16"]["occupied_fraction"]
+    assert 0 < fractions["solid"] < 0.7 * fractions["blob"]
+    assert main(["bench", "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"), "--device", "cpu",
+                 "--particles", "2", "--gpus", "1,2", "--field", "solid"]) == 2
+    assert "--field is for the speed variants" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("stage", ["stage2", "stage3"])
 def test_mesh_stage_benches(capsys, tiny_sd_model, stage):
     code, result = _bench(capsys, stage, "--model", str(tiny_sd_model), "--resolutions", "32", "--steps", "2",

@@ -1,6 +1,7 @@
 """Captured diffusion work (prior/graphs.py, `prior.speed=graphs`): the eager fallback on the CPU, and on a GPU
 the same gradients from replayed graphs as from eager calls, across a resolution change; the estimator's update
-on its own stream (prior/update_stream.py, `overlap`) gives the numbers of the inline one."""
+on its own stream (prior/update_stream.py, `overlap`) gives the numbers of the inline one, and the LoRA branches
+as Triton kernels (`lora-kernels`) those of peft's layers."""
 from __future__ import annotations
 
 import json
@@ -60,14 +61,14 @@ def test_captures_without_cuda_call_the_function():
 
 # -- on a GPU (the lead runs these on the device machine) -------------------------------------------------------
 
-def _estimator(model, cfg, eager: bool, overlap: bool = False):
+def _estimator(model, cfg, eager: bool, overlap: bool = False, lora_kernels: bool = False):
     """An estimator with graphs on its own copy of the prior (same weights, same seed); `eager` turns its
     captures off before the first step, so both run the very same code (capturable AdamW included)."""
     prior = load_prior(str(model), torch.device("cuda"), torch.float16)
     torch.manual_seed(0)
     said: list = []
     distill = ScoreDistillation(prior, cfg.prior, "vsd", batched=True, graphs=True, overlap=overlap,
-                                say=said.append)
+                                lora_kernels=lora_kernels, say=said.append)
     with torch.no_grad():  # non-zero LoRA B and camera output, so ε_φ differs from the pretrained branch
         g = torch.Generator().manual_seed(5)
         for name in sorted(distill.lora_params):
@@ -164,3 +165,38 @@ def test_the_update_on_its_own_stream_gives_the_inline_numbers(tiny_sd_model):
     states = [d.state_dict()["lora"] for d in (side, inline)]
     assert all(_rel(states[0][name], value) < 1e-5 for name, value in states[1].items())
     assert any(_rel(before[name], value) > 1e-3 for name, value in states[1].items())  # the updates did train
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_lora_kernels_give_the_gradients_of_pefts_layers(tiny_sd_model):
+    """Replayed steps with the LoRA branches as kernels/lora.py's kernels against peft's layers: the batched
+    branches (the pretrained samples gated off) and the LoRA step. The same fp32 products in another order, then
+    the fp16 UNet's roundings: 1e-3 of the norm, as graphed against eager; a branch left ungated, or a wrong
+    LoRA gradient, changes them by O(1)."""
+    from prolific.prior.lora_layers import kernel_lora_linear
+
+    cfg = make_config("a red teapot", "test")
+    runs = [_estimator(tiny_sd_model, cfg, eager=False, lora_kernels=k) for k in (True, False)]
+    (_, kernels, _), (_, plain, _) = runs
+    assert kernels.lora_kernels and not plain.lora_kernels
+    assert any(isinstance(m, kernel_lora_linear()) for m in kernels.unet.modules())
+    prompt = [prior.embed_prompt(cfg.prompt) for prior, _, _ in runs]
+    gens = [torch.Generator("cuda").manual_seed(1) for _ in runs]
+    image_gen = torch.Generator("cuda").manual_seed(2)
+    c2w = (torch.eye(4) + 0.3 * torch.randn(4, 4, generator=torch.Generator().manual_seed(3))).cuda()[None]
+    for step in range(WARMUP + 3):
+        pixels = torch.rand(1, 3, 32, 32, generator=image_gen, device="cuda")
+        grads = []
+        for (prior, distill, _), emb, gen in zip(runs, prompt, gens):
+            images = pixels.clone().requires_grad_(True)
+            loss, _ = distill.loss(images, c2w, ["front"], emb, step, 100, gen)
+            loss.backward()
+            distill.update_estimator(gen)
+            lora = torch.cat([p.grad.flatten() for p in distill.lora_params.values()])
+            grads.append((images.grad, lora))
+        (img_k, lora_k), (img_p, lora_p) = grads
+        assert img_p.norm() > 0 and lora_p.norm() > 0
+        assert _rel(img_k, img_p) < 1e-3, step
+        assert _rel(lora_k, lora_p) < 1e-3, step
+    assert kernels.captures.enabled

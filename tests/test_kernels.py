@@ -13,7 +13,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
-CASES = ["kernel_cases.py", "kernel_cases_mlp.py", "kernel_cases_norm.py"]
+CASES = ["kernel_cases.py", "kernel_cases_mlp.py", "kernel_cases_norm.py", "kernel_cases_lora.py"]
 
 
 def _run_cases(interpret: bool) -> subprocess.CompletedProcess:

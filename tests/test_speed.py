@@ -24,7 +24,8 @@ from prolific.errors import BadRequest
 from prolific.prior import speed
 from prolific.prior.diffusion import load_prior
 from prolific.prior.speed import SpeedOptions
-from prolific.prior.vsd import LoraSampleGate, ScoreDistillation
+from prolific.prior.lora_layers import LoraSampleGate, kernel_lora_linear, lora_config
+from prolific.prior.vsd import ScoreDistillation
 from prolific.speed_options import best_options
 from prolific.stages import nerf as nerf_stage
 
@@ -196,6 +197,37 @@ def test_sample_gate_keeps_lora_on_the_masked_samples_only(tiny_sd_model):
     variant.close()
 
 
+def test_the_lora_kernels_layers_are_pefts_layers_built_in_their_place(tiny_sd_model):
+    """lora_config(kernels=True) builds the adapter with KernelLoraLinear (peft's custom-module dispatch): the same
+    parameters and state_dict keys as peft's own layers, and on a CPU input peft's own forward, bit for bit. An
+    estimator asks for them on CUDA only."""
+    from peft.tuners.lora import LoraLayer
+
+    unets = []
+    for kernels in (True, False):
+        prior = load_prior(str(tiny_sd_model), torch.device("cpu"), torch.float32)
+        prior.unet.add_adapter(lora_config(4, kernels), adapter_name="vsd")
+        unets.append(prior.unet)
+    layers = [[m for m in unet.modules() if isinstance(m, LoraLayer)] for unet in unets]
+    assert len(layers[0]) == len(layers[1]) > 0
+    assert all(type(m) is kernel_lora_linear() for m in layers[0])
+    assert not any(isinstance(m, kernel_lora_linear()) for m in layers[1])
+    assert list(unets[0].state_dict()) == list(unets[1].state_dict())
+    unets[0].load_state_dict(unets[1].state_dict())
+    g = torch.Generator().manual_seed(0)
+    for layer in layers[1]:
+        layer.lora_B["vsd"].weight.data.normal_(generator=g)
+    unets[0].load_state_dict(unets[1].state_dict())
+    x = torch.randn(2, 5, layers[0][0].base_layer.in_features)
+    assert torch.equal(layers[0][0](x), layers[1][0](x))
+    assert not torch.equal(layers[0][0](x), layers[0][0].base_layer(x))
+    distill = ScoreDistillation(load_prior(str(tiny_sd_model), torch.device("cpu"), torch.float32), _config().prior,
+                                "vsd", lora_kernels=True)
+    assert not distill.lora_kernels
+    assert not any(isinstance(m, kernel_lora_linear()) for m in distill.unet.modules())
+    distill.close()
+
+
 def test_settings_hold_inside_and_are_restored_after(tiny_sd_model):
     prior = load_prior(str(tiny_sd_model), torch.device("cpu"), torch.float32)
     before = {k: type(v) for k, v in prior.unet.attn_processors.items()}
@@ -263,6 +295,7 @@ def test_option_parsing():
     assert opts.bf16 and opts.batch and opts.fused_adam
     assert not opts.tf32 and not opts.sdpa
     assert SpeedOptions.parse("best") == best_options()
+    assert SpeedOptions.parse("lora-kernels").lora_kernels
     assert SpeedOptions.parse(opts.label()) == opts
     with pytest.raises(BadRequest, match="Unknown speed option 'warp'"):
         SpeedOptions.parse("bf16,warp")

@@ -19,6 +19,19 @@ PROMPT = "a DSLR photo of a delicious hamburger"
 BUILT_SHAPES = ("sd21", "tiny")
 
 
+# --field of the NeRF benches -> the initialisation blob's λ (None: stage 1's own). `blob` is stage 1's
+# initialisation, a soft ball of radius 0.5 that no ray crosses opaquely (the most samples per pixel a young object
+# has); `solid` the same ball with a sharp opaque surface (λ = 1000: a ray's transmittance falls below early_stop
+# ≈ 0.1 inside it), as a trained object has when stage 1 renders at 512 px (after its first milestone).
+FIELDS = {"blob": None, "solid": 1000.0}
+
+
+def set_field(nerf, field: str) -> None:
+    """Give a freshly built NeRF the --field's density."""
+    if FIELDS[field] is not None:
+        nerf.blob_lambda = FIELDS[field]
+
+
 def add_common_args(parser: argparse.ArgumentParser, resolutions: str) -> None:
     parser.add_argument("--model", default=None,
                         help="sd21 (build SD-2.1-base-shaped random weights; the default on a GPU), tiny (the "
@@ -35,9 +48,9 @@ def add_common_args(parser: argparse.ArgumentParser, resolutions: str) -> None:
     parser.add_argument("--particles", type=int, default=1)
     parser.add_argument("--guidance", choices=("vsd", "sds"), default=None, help="default: the preset's")
     parser.add_argument("--opt", action="append", default=None,
-                        help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, vae-matmul, batch, "
-                             "fused-adam, graphs, overlap; best; none). Repeat --opt to measure several variants in one "
-                             "process. Default: best on CUDA, sdpa,batch on CPU")
+                        help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, vae-matmul, vae-norm, "
+                             "unet-norm, batch, fused-adam, graphs, overlap, lora-kernels; best; none). Repeat --opt "
+                             "to measure several variants in one process. Default: best on CUDA, sdpa,batch on CPU")
     parser.add_argument("--reference", action="store_true",
                         help="run the reference implementations' way only (fp16 eager, separate LoRA UNet copy, "
                              "PyTorch hash grid, no occupancy skipping)")

@@ -104,6 +104,8 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
         out["applied"]["batch"] = "cfg+lora in one call"
     if options.overlap and vsd:
         out["applied"]["overlap"] = guidance.updates.name
+    if options.lora_kernels and vsd:
+        out["applied"]["lora_kernels"] = "triton" if guidance.lora_kernels else "skipped: needs CUDA and triton"
     dmtets = [initial_surface(cfg, device, args.seed + k) for k in range(args.particles)]
     fused = speed.fused_adam(options, device)
     if stage == "stage2":

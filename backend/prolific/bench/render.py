@@ -1,14 +1,13 @@
 """`prolific bench render`: stage 1's NeRF render + backward alone, per resolution and renderer.
 
-The field (--field) is object-sized, behind its updated occupancy grid: `blob` is stage 1's initialisation, a
-soft ball of radius 0.5 that no ray crosses opaquely (the most samples per pixel a young object has), `solid`
-the same ball with a sharp opaque surface (blob λ = 1000: a ray's transmittance falls below early_stop ≈ 0.1
-inside it, as on a trained object). Each step renders one random training camera with the particle's renderer,
-back-propagates a loss on rgb and opacity and zeroes the gradients. Reported: ms per step (median), samples the
-field evaluated with gradients, samples per ray, peak memory. The variant names: `fast` is the config's choice
-(auto: packed renderer, Triton hash grid, marching and compositing on CUDA), `packed-torch` the packed renderer
-in plain PyTorch (CUDA only: on a CPU it is `fast`), `dense` the dense renderer with the PyTorch hash grid
-(before the fast path); `--compare` runs them all in one process and gives dense / variant ratios.
+The field (--field, bench/common.FIELDS) is object-sized, behind its updated occupancy grid: `blob` is stage 1's
+initialisation, a soft ball, `solid` the same ball with a sharp opaque surface, as on a trained object. Each step
+renders one random training camera with the particle's renderer, back-propagates a loss on rgb and opacity and
+zeroes the gradients. Reported: ms per step (median), samples the field evaluated with gradients, samples per
+ray, peak memory. The variant names: `fast` is the config's choice (auto: packed renderer, Triton hash grid,
+marching and compositing on CUDA), `packed-torch` the packed renderer in plain PyTorch (CUDA only: on a CPU it is
+`fast`), `dense` the dense renderer with the PyTorch hash grid (before the fast path); `--compare` runs them all
+in one process and gives dense / variant ratios.
 """
 from __future__ import annotations
 
@@ -27,7 +26,6 @@ from ..prior.speed import log
 from . import common
 
 GPU_RESOLUTIONS = "64,256,512"
-FIELDS = {"blob": None, "solid": 1000.0}  # --field -> the blob's λ (None: the initialisation's)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "test on a CPU)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a nerf setting for every variant, e.g. --set march_steps=256 (repeatable)")
-    parser.add_argument("--field", choices=sorted(FIELDS), default="blob",
+    parser.add_argument("--field", choices=sorted(common.FIELDS), default="blob",
                         help="the field rendered: blob (stage 1's initialisation) or solid (an opaque ball)")
     parser.add_argument("--compare", action="store_true", help="also run packed-torch (CUDA) and dense")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per resolution")
@@ -82,8 +80,7 @@ def measure(name: str, ncfg, grid, cameras_cfg, device: torch.device, resolution
 
     torch.manual_seed(args.seed)
     particle = nerf_stage.make_particle(ncfg, grid, device)
-    if FIELDS[args.field] is not None:
-        particle.nerf.blob_lambda = FIELDS[args.field]
+    common.set_field(particle.nerf, args.field)
     renderer = particle.renderer
     if name == "packed-torch":  # the same samples, marched and composited with PyTorch ops
         renderer = dataclasses.replace(renderer, composite=composite_torch, walk=walk_lattice)

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import torch
 
 from ..config import make_config
+from ..errors import BadRequest
 from ..prior import speed
 from ..prior.speed import SpeedOptions, log
 from . import common
@@ -33,19 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time whole jobs with the particles spread over each of these process counts (one GPU "
                              "each; processes on a CPU) instead of the speed variants: ms per iteration of all "
                              "particles (bench/team.py)")
+    parser.add_argument("--field", choices=sorted(common.FIELDS), default="blob",
+                        help="the NeRF's density at the first step: blob (stage 1's initialisation, the default) or "
+                             "solid (an opaque ball, as a trained object when 512 px rendering starts)")
     return parser
 
 
 def make_particles(cfg, grid, device: torch.device, n: int, reference: bool = False,
-                   reference_occupancy: bool = False) -> list:
+                   reference_occupancy: bool = False, field: str = "blob") -> list:
     """Stage 1's own particles with the config's renderer and hash grid (`prolific bench render` compares
-    renderers). The reference uses the PyTorch hash grid and, unless `reference_occupancy`, skips no empty
-    space, as the reference implementations' dense renderers."""
+    renderers), their density the --field's. The reference uses the PyTorch hash grid and, unless
+    `reference_occupancy`, skips no empty space, as the reference implementations' dense renderers."""
     from ..stages import nerf as nerf_stage
 
     if reference:
         grid = dataclasses.replace(grid, impl="torch")
     particles = [nerf_stage.make_particle(cfg, grid, device) for _ in range(n)]
+    for p in particles:
+        common.set_field(p.nerf, field)
     if reference and not reference_occupancy:
         for p in particles:
             p.occupancy = None
@@ -79,7 +85,7 @@ class Variant:
 
 
 def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, device: torch.device, seed: int,
-                  n_particles: int, reference_occupancy: bool = False) -> Variant:
+                  n_particles: int, reference_occupancy: bool = False, field: str = "blob") -> Variant:
     """Load the model in the variant's dtype, apply the options' settings, build the estimator as they say (on
     a separate UNet copy for the reference) and the particles. Seeds make two variants start from the same
     weights."""
@@ -101,8 +107,10 @@ def build_variant(options: SpeedOptions, reference: bool, cfg, model: str, devic
         applied["batch"] = "cfg+lora in one call"
     if options.overlap:
         applied["overlap"] = distill.updates.name
+    if options.lora_kernels:
+        applied["lora_kernels"] = "triton" if distill.lora_kernels else "skipped: needs CUDA and triton"
     torch.manual_seed(seed + 1)
-    particles = make_particles(cfg.nerf, cfg.hash_grid, device, n_particles, reference, reference_occupancy)
+    particles = make_particles(cfg.nerf, cfg.hash_grid, device, n_particles, reference, reference_occupancy, field)
     fused = speed.fused_adam(options, device)
     optimizers = [nerf_stage.make_optimizer(cfg.nerf, p.nerf, p.background, fused) for p in particles]
     if options.fused_adam:
@@ -128,7 +136,7 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
     common.free_memory(device)
     start = time.perf_counter()
     variant = build_variant(options, reference, cfg, model, device, args.seed, args.particles,
-                            args.reference_occupancy)
+                            args.reference_occupancy, args.field)
     prior, distill, particles = variant.prior, variant.distill, variant.particles
     try:
         out["load_s"] = round(time.perf_counter() - start, 2)
@@ -230,14 +238,16 @@ def run(argv: list[str]) -> dict:
     if args.gpus is not None:
         from . import team
 
+        if args.field != "blob":
+            raise BadRequest("--field is for the speed variants; --gpus times whole jobs from stage 1's start.")
         result = team.run(args, device, preset, resolutions)
         common.emit(result, args.json)
         return result
     runs = common.variants(args, device)
     model = common.prepare_model(args, device)
     result = {"bench": "stage1", **common.environment(device), "model": args.model, "preset": preset,
-              "particles": args.particles, "guidance": cfg.prior.guidance, "steps": args.steps,
-              "warmup": args.warmup, "variants": []}
+              "field": args.field, "particles": args.particles, "guidance": cfg.prior.guidance,
+              "steps": args.steps, "warmup": args.warmup, "variants": []}
     flop_cache: dict = {}
     common.run_variants(result, runs, args, device, lambda name, options, reference: run_variant(
         name, options, reference, args, cfg, model, device, resolutions, flop_cache))

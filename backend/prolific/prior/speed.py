@@ -1,13 +1,13 @@
 """What a job's (or a bench variant's) speed options mean for the prior, each applied in one explicit place.
 
 - bf16: the dtype the prior is loaded in (`prior_dtype`; a job gets it through device.job_dtype).
-- batch, fused-adam, graphs, overlap: arguments of the estimator (`estimator_kwargs` →
+- batch, fused-adam, graphs, overlap, lora-kernels: arguments of the estimator (`estimator_kwargs` →
   prior/vsd.ScoreDistillation), which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as
   one fused kernel / its diffusion work as replayed CUDA graphs (prior/graphs.py) / its update on a CUDA stream
-  of its own (prior/update_stream.py).
-- tf32, sdpa, channels-last, vae-matmul, vae-norm, unet-norm: settings of the process and of the shared UNet/VAE, set by `applied`
-  for the span of a job's steps and put back as they were on exit, so the long-lived server carries none into
-  the next job.
+  of its own (prior/update_stream.py) / its LoRA branches as Triton kernels (prior/lora_layers.py).
+- tf32, sdpa, channels-last, vae-matmul, vae-norm, unet-norm: settings of the process and of the shared UNet/VAE,
+  set by `applied` for the span of a job's steps and put back as they were on exit, so the long-lived server
+  carries none into the next job.
 - fused-adam for the stages' own Adam optimizers: `fused_adam`, which the stages read when they build them
   (StageContext.fused_adam).
 """
@@ -53,7 +53,7 @@ def prior_dtype(options: SpeedOptions, device: torch.device) -> torch.dtype:
 def estimator_kwargs(options: SpeedOptions) -> dict:
     """The ScoreDistillation arguments that `options` choose."""
     return {"batched": options.batch, "fused_adam": options.fused_adam, "graphs": options.graphs,
-            "overlap": options.overlap}
+            "overlap": options.overlap, "lora_kernels": options.lora_kernels}
 
 
 # -- process-wide flags and the shared modules' layout, for the span of a job ----------------------------------

@@ -17,7 +17,8 @@ the reference implementations do (the bench's side-by-side baseline); `fused_ada
 on CUDA; `graphs=True` replays CUDA graphs (prior/graphs.py) of the VAE encoder's forward and backward, of the
 batched branches and of the LoRA update step, per shape, and runs them eagerly where capture is impossible
 (saying so once through `say`); `overlap=True` runs the estimator's update on its own CUDA stream, beside the
-particles' next step (prior/update_stream.py).
+particles' next step (prior/update_stream.py); `lora_kernels=True` builds the LoRA's layers with their branch as
+Triton kernels on CUDA (prior/lora_layers.py).
 """
 from __future__ import annotations
 
@@ -30,12 +31,13 @@ import torch
 import torch.nn as nn
 
 from ..config import PriorConfig
+from ..kernels import triton_available
 from .diffusion import DiffusionPrior, PromptEmbeddings, guided_eps
 from .graphs import Captures
+from .lora_layers import LoraSampleGate, lora_config
 from .update_stream import make_updates
 
 ADAPTER = "vsd"
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def time_range(cfg: PriorConfig, step: int, total_steps: int) -> tuple[float, float]:
@@ -53,34 +55,6 @@ def _to_stderr(message: str) -> None:
 def vsd_gradient(eps_pretrained: torch.Tensor, eps_phi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """w(t)(ε_pretrained − ε_φ), with non-finite entries zeroed so one bad sample cannot poison the scene."""
     return torch.nan_to_num(w * (eps_pretrained - eps_phi), nan=0.0, posinf=0.0, neginf=0.0)
-
-
-class LoraSampleGate(nn.Module):
-    """Sits in the LoRA dropout slot (`lora_dropout[ADAPTER]`, which peft's layers apply to the LoRA branch's
-    input by design; the adapter is built with dropout 0, so peft puts an identity there). Without a mask it is
-    that identity; with a boolean mask over the batch, the masked-off samples' LoRA input is zero, so their
-    delta B(A(0))·s is exactly zero and they get the base layer's output unchanged, while the others compute
-    exactly what peft computes for them."""
-
-    def __init__(self):
-        super().__init__()
-        self.mask: torch.Tensor | None = None
-
-    @contextlib.contextmanager
-    def only(self, mask: torch.Tensor):
-        previous, self.mask = self.mask, mask.bool()
-        try:
-            yield
-        finally:
-            self.mask = previous
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mask is None:
-            return x
-        if x.shape[0] != self.mask.shape[0]:
-            raise ValueError(f"LoRA sample mask of {self.mask.shape[0]} entries applied to a batch of {x.shape[0]}.")
-        keep = self.mask.view(-1, *([1] * (x.dim() - 1)))
-        return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 class CameraEmbedding(nn.Module):
@@ -101,7 +75,7 @@ class ScoreDistillation:
 
     def __init__(self, prior: DiffusionPrior, cfg: PriorConfig, guidance: str, batched: bool = False,
                  separate_estimator: bool = False, fused_adam: bool = False, graphs: bool = False,
-                 overlap: bool = False, say: Callable[[str], None] = _to_stderr,
+                 overlap: bool = False, lora_kernels: bool = False, say: Callable[[str], None] = _to_stderr,
                  reduce_grads: Callable[[list, int], None] | None = None):
         """`reduce_grads(params, rows)`, when given, runs between the estimator's backward and its optimizer
         step (stages/distributed.py: the mean over every process's renders)."""
@@ -113,6 +87,7 @@ class ScoreDistillation:
         # Only VSD has a second branch to batch with the pretrained one.
         self.batched = batched and guidance == "vsd"
         self.fused_adam = fused_adam and prior.device.type == "cuda"
+        self.lora_kernels = lora_kernels and prior.device.type == "cuda" and triton_available()
         self.gate = LoraSampleGate()
         self.reduce_grads = reduce_grads
         self.captures = Captures(prior.device, say) if graphs else None
@@ -147,15 +122,13 @@ class ScoreDistillation:
     # -- the estimator ε_φ: LoRA + camera embedding on the prior's own UNet --------------------------------
 
     def _attach_estimator(self) -> None:
-        from peft import LoraConfig
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         unet = self.unet
         if getattr(unet, "peft_config", None) and ADAPTER in unet.peft_config:
             unet.delete_adapters(ADAPTER)  # a previous job's estimator: start afresh
         rank = self.cfg.lora_rank
-        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=LORA_TARGETS),
-                         adapter_name=ADAPTER)
+        unet.add_adapter(lora_config(rank, self.lora_kernels), adapter_name=ADAPTER)
         self._tuner_layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
         for layer in self._tuner_layers:
             layer.lora_dropout[ADAPTER] = self.gate
