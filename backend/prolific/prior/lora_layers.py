@@ -38,11 +38,15 @@ class LoraSampleGate(nn.Module):
         finally:
             self.mask = previous
 
+    def check(self, batch: int) -> None:
+        """A mask (when set) must give one entry per sample of the batch it gates."""
+        if self.mask is not None and self.mask.shape[0] != batch:
+            raise ValueError(f"LoRA sample mask of {self.mask.shape[0]} entries applied to a batch of {batch}.")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mask is None:
             return x
-        if x.shape[0] != self.mask.shape[0]:
-            raise ValueError(f"LoRA sample mask of {self.mask.shape[0]} entries applied to a batch of {x.shape[0]}.")
+        self.check(x.shape[0])
         keep = self.mask.view(-1, *([1] * (x.dim() - 1)))
         return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
@@ -77,9 +81,10 @@ def kernel_lora_linear() -> type:
             from ..kernels.lora import lora_delta
 
             gate = self.lora_dropout[name]
-            keep = gate.mask if isinstance(gate, LoraSampleGate) else None
-            if keep is not None and x.shape[0] != keep.shape[0]:
-                raise ValueError(f"LoRA sample mask of {keep.shape[0]} entries applied to a batch of {x.shape[0]}.")
+            keep = None
+            if isinstance(gate, LoraSampleGate):
+                gate.check(x.shape[0])
+                keep = gate.mask
             return lora_delta(self.base_layer(x), x, self.lora_A[name].weight, self.lora_B[name].weight,
                               self.scaling[name], keep)
 
