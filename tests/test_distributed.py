@@ -1,10 +1,13 @@
 """Particles over processes (stages/distributed.py): 2 workers with gloo on the CPU train the same particles
-and the same estimator as one process with the same seed, resume each other's checkpoints, and a worker that
-fails ends the job with an error naming it and no process left behind."""
+and the same estimator as one process with the same seed, resume each other's checkpoints, a worker that
+fails ends the job with an error naming it and no process left behind, and one that finished is not failed by an
+abort in its process's teardown."""
 from __future__ import annotations
 
+import atexit
 import json
 import multiprocessing
+import os
 import threading
 
 import pytest
@@ -12,10 +15,12 @@ import torch
 
 from prolific import pipeline
 from prolific.cli import main
+from prolific.events import Reporter
 from prolific.config import make_config
 from prolific.errors import Cancelled, ProlificError
 from prolific.prior.diffusion import load_prior
 from prolific.server import Server
+from prolific.stages.distributed import run_team
 
 # Relative difference per tensor allowed between 1 and 2 processes after 4 steps. They differ by fp32 summation
 # order only (the UNet runs a batch of 2 or of 1; the estimator's gradient is one mean or a weighted sum of two),
@@ -100,6 +105,20 @@ def test_cancel_stops_every_worker_at_one_step_and_the_job_resumes(tmp_path, tin
         assert state["step"] == stopped.value.step < 6 and len(state["particles"]) == 2
     result = pipeline.run_job(nerf_job(tiny_sd_model, 6, gpus=2), tmp_path, "job", resume=True)
     assert checkpoint(result)["done"]
+
+
+def finish_then_abort_at_exit(cfg, job_dir, continuing, resume, reporter, team, device) -> dict:
+    """A worker's stages that finish and leave the process to abort in the interpreter's finalization, as a
+    collective's C++ thread holding Python objects can."""
+    atexit.register(os.abort)
+    return {"rank": team.rank}
+
+
+def test_a_worker_that_finished_is_not_failed_by_an_abort_at_exit(tmp_path, tiny_sd_model):
+    result = run_team(nerf_job(tiny_sd_model, 1, gpus=2), tmp_path, False, False, Reporter(),
+                      finish_then_abort_at_exit)
+    assert result == {"rank": 0}
+    assert not multiprocessing.active_children()
 
 
 def test_the_cli_and_the_protocol_refuse_more_processes_than_particles(tmp_path, capsys):

@@ -18,6 +18,7 @@ import multiprocessing.connection
 import os
 import queue
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -166,6 +167,19 @@ def _worker(rank: int, size: int, store: str, job: dict, messages, stop) -> None
         if rank == 0:
             messages.put(("result", rank, result))
     dist.destroy_process_group()
+    _exit_now(messages)
+
+
+def _exit_now(messages) -> None:
+    """End a worker whose outcome is sent without the interpreter's finalization: there, C++ threads that the
+    collectives leave holding Python objects can abort the process (SIGABRT, "terminate called without an active
+    exception", seen once with gloo in CI), which would report a worker that finished as died. Its files are
+    written and closed by now; only the queue and the standard streams are flushed first."""
+    messages.close()
+    messages.join_thread()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the parent --------------------------------------------------------------------------------------------------
