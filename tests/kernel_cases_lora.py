@@ -41,6 +41,8 @@ def _layer(shape, dtype, seed=0):
     holder = _Holder(nn.Linear(k, n).to(DEVICE, dtype).requires_grad_(False))
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=["proj"]), holder, adapter_name="a")
     layer = holder.proj
+    layer.lora_A["a"].float()  # fp32 whatever the base layer's dtype, as the estimator trains them
+    layer.lora_B["a"].float()
     with torch.no_grad():
         layer.lora_A["a"].weight.copy_(torch.randn(rank, k) * 0.3)
         layer.lora_B["a"].weight.copy_(torch.randn(n, rank) * 0.3)
@@ -111,3 +113,11 @@ def test_no_rows_give_an_empty_output_and_zero_gradients():
     assert out.shape == (0, 33)
     da, db, dx = torch.autograd.grad(out.sum(), (a, b, x))
     assert not da.any() and not db.any() and dx.shape == (0, 20)
+
+
+def test_lora_weights_in_another_dtype_are_refused_with_a_sentence():
+    layer = _layer(SHAPES[0], torch.float32)
+    x = _inputs(SHAPES[0], torch.float32)
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    with pytest.raises(ValueError, match="fp32 LoRA weights"):
+        lora_delta(layer.base_layer(x), x, a.half(), b.half(), 1.0)

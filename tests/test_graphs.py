@@ -85,10 +85,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
 
 
-def _same_gradients(runs, cfg, resolutions: list[int]) -> None:
+def _same_gradients(runs, cfg, resolutions: list[int], tol: float = 1e-3) -> None:
     """The two estimators of `runs` step side by side on the same renders (one per entry of `resolutions`, at
     that size), each step's loss backward then update: the particle gradient (through the VAE backward) and
-    the LoRA gradients must agree within 1e-3 of their norm, and be non-zero."""
+    the LoRA gradients must agree within `tol` of their norm, and be non-zero."""
     prompt = [prior.embed_prompt(cfg.prompt) for prior, _, _ in runs]
     gens = [torch.Generator("cuda").manual_seed(1) for _ in runs]
     image_gen = torch.Generator("cuda").manual_seed(2)
@@ -105,8 +105,8 @@ def _same_gradients(runs, cfg, resolutions: list[int]) -> None:
             grads.append((images.grad, lora))
         (img_a, lora_a), (img_b, lora_b) = grads
         assert img_b.norm() > 0 and lora_b.norm() > 0
-        assert _rel(img_a, img_b) < 1e-3, (step, res)
-        assert _rel(lora_a, lora_b) < 1e-3, (step, res)
+        assert _rel(img_a, img_b) < tol, (step, res)
+        assert _rel(lora_a, lora_b) < tol, (step, res)
 
 
 @pytest.mark.gpu
@@ -177,9 +177,10 @@ def test_the_update_on_its_own_stream_gives_the_inline_numbers(tiny_sd_model):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_lora_kernels_give_the_gradients_of_pefts_layers(tiny_sd_model):
     """Replayed steps with the LoRA branches as kernels/lora.py's kernels against peft's layers: the batched
-    branches (the pretrained samples gated off) and the LoRA step. The same fp32 products in another order, then
-    the fp16 UNet's roundings: 1e-3 of the norm, as graphed against eager; a branch left ungated, or a wrong
-    LoRA gradient, changes them by O(1)."""
+    branches (the pretrained samples gated off) and the LoRA step. The same fp32 products in another order
+    (3xTF32 against cuBLAS's fp32), so a LoRA layer's fp16 output can round one ulp (2^-11) apart; over the
+    UNet's layers and the difference of its two branches that reached 2.8e-3 of the norm on an H100: bound 1e-2.
+    A branch left ungated, or a wrong LoRA gradient, changes them by O(1) (the LoRA here is far from zero)."""
     from prolific.prior.lora_layers import kernel_lora_linear
 
     cfg = make_config("a red teapot", "test")
@@ -187,5 +188,5 @@ def test_the_lora_kernels_give_the_gradients_of_pefts_layers(tiny_sd_model):
     (_, kernels, _), (_, plain, _) = runs
     assert kernels.lora_kernels and not plain.lora_kernels
     assert any(isinstance(m, kernel_lora_linear()) for m in kernels.unet.modules())
-    _same_gradients(runs, cfg, [32] * (WARMUP + 3))
+    _same_gradients(runs, cfg, [32] * (WARMUP + 3), tol=1e-2)
     assert kernels.captures.enabled

@@ -68,5 +68,7 @@ def already_told(message: str) -> None:
 
 
 def best_options() -> SpeedOptions:
+    # lora-kernels: a stage-1 step 7-8 ms faster at 64 and 512 px, on both bench fields, side by side on an H100
+    # (bench_results/2026-12-07_h100_lora_kernels/).
     return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, vae_matmul=True, vae_norm=True,
-                        unet_norm=True, batch=True, fused_adam=True, graphs=True, overlap=True)
+                        unet_norm=True, batch=True, fused_adam=True, graphs=True, overlap=True, lora_kernels=True)

@@ -170,4 +170,6 @@ def lora_delta(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tenso
     Differentiable in y, x, a and b."""
     if a.shape[0] > MAX_RANK:
         raise ValueError(f"The LoRA kernels take ranks up to {MAX_RANK}, not {a.shape[0]}.")
+    if a.dtype != torch.float32 or b.dtype != torch.float32:
+        raise ValueError(f"The LoRA kernels take fp32 LoRA weights, not {a.dtype} and {b.dtype}.")
     return _LoraDelta.apply(y, x, a, b, float(scaling), keep)

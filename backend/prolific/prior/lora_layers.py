@@ -70,6 +70,8 @@ def kernel_lora_linear() -> type:
                 return None
             if not isinstance(self.lora_dropout[name], (LoraSampleGate, nn.Identity)):
                 return None
+            if self.lora_A[name].weight.dtype != torch.float32 or self.lora_B[name].weight.dtype != torch.float32:
+                return None  # peft computes in the LoRA weights' dtype; the kernels' products are fp32
             from ..kernels.lora import MAX_RANK
 
             return name if self.lora_A[name].weight.shape[0] <= MAX_RANK else None
