@@ -15,9 +15,9 @@ import torch
 
 from prolific import pipeline
 from prolific.cli import main
-from prolific.events import Reporter
 from prolific.config import make_config
 from prolific.errors import Cancelled, ProlificError
+from prolific.events import Reporter
 from prolific.prior.diffusion import load_prior
 from prolific.server import Server
 from prolific.stages.distributed import run_team

@@ -168,8 +168,16 @@ def lora_delta(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tenso
     x [..., K], a [R, K] and b [N, R] the LoRA's fp32 weights (R ≤ MAX_RANK). `keep` [S] (bool), when given,
     leaves y unchanged on the rows of the samples it marks False (x's rows split evenly over S samples).
     Differentiable in y, x, a and b."""
-    if a.shape[0] > MAX_RANK:
-        raise ValueError(f"The LoRA kernels take ranks up to {MAX_RANK}, not {a.shape[0]}.")
-    if a.dtype != torch.float32 or b.dtype != torch.float32:
-        raise ValueError(f"The LoRA kernels take fp32 LoRA weights, not {a.dtype} and {b.dtype}.")
+    refusal = unsupported(a, b)
+    if refusal:
+        raise ValueError(refusal)
     return _LoraDelta.apply(y, x, a, b, float(scaling), keep)
+
+
+def unsupported(a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """Why the kernels cannot compute a LoRA of weights a, b (a sentence), or None when they can."""
+    if a.shape[0] > MAX_RANK:
+        return f"The LoRA kernels take ranks up to {MAX_RANK}, not {a.shape[0]}."
+    if a.dtype != torch.float32 or b.dtype != torch.float32:  # peft computes in the weights' dtype
+        return f"The LoRA kernels take fp32 LoRA weights, not {a.dtype} and {b.dtype}."
+    return None

@@ -6,7 +6,8 @@ through peft's custom-module dispatch (`LoraConfig._register_custom_module`, whi
 layers), so the adapter is built with those layers from the start and nothing is swapped on live objects. The
 layer is peft's Linear in every other respect (the same parameters, state_dict keys, merging, enabling and
 disabling); its forward takes the kernels only for what they compute — one active plain adapter, no bias, the
-gate or an identity in its dropout slot, a CUDA input — and peft's own forward otherwise.
+gate or an identity in its dropout slot, fp32 LoRA weights of a rank the kernels take, a CUDA input — and peft's
+own forward otherwise.
 """
 from __future__ import annotations
 
@@ -70,11 +71,9 @@ def kernel_lora_linear() -> type:
                 return None
             if not isinstance(self.lora_dropout[name], (LoraSampleGate, nn.Identity)):
                 return None
-            if self.lora_A[name].weight.dtype != torch.float32 or self.lora_B[name].weight.dtype != torch.float32:
-                return None  # peft computes in the LoRA weights' dtype; the kernels' products are fp32
-            from ..kernels.lora import MAX_RANK
+            from ..kernels.lora import unsupported
 
-            return name if self.lora_A[name].weight.shape[0] <= MAX_RANK else None
+            return None if unsupported(self.lora_A[name].weight, self.lora_B[name].weight) else name
 
         def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             name = self._kernel_adapter(x, args, kwargs)
