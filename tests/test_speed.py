@@ -12,6 +12,8 @@ O(1): `test_a_wrong_mask_is_caught` checks that such a bug moves the gradient fa
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
@@ -295,6 +297,8 @@ def test_option_parsing():
     assert not opts.tf32 and not opts.sdpa
     assert SpeedOptions.parse("best") == best_options()
     assert SpeedOptions.parse("lora-kernels").lora_kernels
+    # A GPU job's auto is best in the default fp16 precision: every measured switch, lora-kernels included.
+    assert speed.job_options("auto", "cuda") == dataclasses.replace(best_options(), bf16=False)
     assert SpeedOptions.parse(opts.label()) == opts
     with pytest.raises(BadRequest, match="Unknown speed option 'warp'"):
         SpeedOptions.parse("bf16,warp")

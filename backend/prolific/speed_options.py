@@ -22,7 +22,7 @@ class SpeedOptions:
     bf16: bool = False  # bf16 weights and activations (fp16 when off, on a GPU; fp32 on a CPU)
     tf32: bool = False  # TF32 tensor cores for fp32 matmuls/convs (the NeRF MLPs, fp32 parts of the loss)
     sdpa: bool = True  # scaled_dot_product_attention (flash) processors on the UNet's attention layers
-    channels_last: bool = False  # NHWC memory format for the UNet's convolutions (the VAE's stay NCHW: faster)
+    channels_last: bool = False  # NHWC for the UNet's convolutions (the VAE's stay NCHW: NHWC measured no faster)
     vae_matmul: bool = False  # the VAE's attention as plain matmul-softmax (no flash kernel fits its 512-wide head)
     vae_norm: bool = False  # the VAE's group norms as Triton kernels (PyTorch's use 32 thread blocks at 512 px)
     unet_norm: bool = False  # the UNet's group norms as Triton kernels, in its memory format (channels-last)

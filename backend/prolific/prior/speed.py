@@ -29,12 +29,14 @@ def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     the bench's --opt. On CUDA that is `best` in the default fp16 precision: graphs joined it after end-to-end
     demo jobs on an H200 (bench_results/2026-12-02_h200_e2e_demo.txt), overlap after a stage-1 step at 64 px took
     53.4 ms with it and 68.4 without, side by side (bench_results/2026-12-02_h200_stage1_overlap.json); vae-norm
-    and unet-norm after stage 2 took 33.9 ms with them and 44.6 without (..._h200_group_norm_kernels/)."""
+    and unet-norm after stage 2 took 33.9 ms with them and 44.6 without (..._h200_group_norm_kernels/);
+    lora-kernels after a stage-1 step took 6-8 ms less with them at 64 and 512 px on an H100, side by side
+    (..._h100_lora_kernels/), and their GPU tests passed in fp16 and bf16 (..._h100_take/call1_tests.txt)."""
     if text != "auto":
         return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
         return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, vae_norm=True, unet_norm=True,
-                            batch=True, fused_adam=True, graphs=True, overlap=True)
+                            batch=True, fused_adam=True, graphs=True, overlap=True, lora_kernels=True)
     return SpeedOptions(sdpa=True, batch=True)
 
 
@@ -85,7 +87,9 @@ def module_layout(prior, options: SpeedOptions):
     The VAE is left in NCHW, and with vae-matmul its one attention layer (the mid block's single 512-wide head
     over 64x64 latents: SDPA has no flash kernel that wide, and its memory-efficient fallback's backward is
     slow) runs as plain matmuls. Encode forward + backward at 512, bf16, on an H200 (issue 12's diagnosis):
-    31.5 ms as NHWC with SDPA, 23.9 as NCHW with SDPA, 18.1 as NCHW with matmuls."""
+    31.5 ms as NHWC with SDPA, 23.9 as NCHW with SDPA, 18.1 as NCHW with matmuls. With vae-norm's Triton norms
+    (which keep either layout) an NHWC VAE was no faster: stage 1 at 512 px 98.1 vs 98.1 ms on the blob, 62.0 vs
+    60.2 on the opaque ball, stage 3 44.3 vs 44.9, side by side on an H100 (bench_results/2026-12-07_h100_take/)."""
     unet, vae = prior.unet, prior.vae
     processors = dict(unet.attn_processors)
     unet.set_attn_processor(attention_processor(options.sdpa))
