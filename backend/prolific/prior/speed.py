@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 
 import torch
 
 from ..kernels import triton_available
-from ..speed_options import SpeedOptions, already_told
+from ..speed_options import SpeedOptions, already_told, best_options
 from .group_norms import triton_group_norms
 
 
@@ -35,8 +36,7 @@ def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     if text != "auto":
         return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
-        return SpeedOptions(tf32=True, sdpa=True, channels_last=True, vae_matmul=True, vae_norm=True, unet_norm=True,
-                            batch=True, fused_adam=True, graphs=True, overlap=True, lora_kernels=True)
+        return dataclasses.replace(best_options(), bf16=False)
     return SpeedOptions(sdpa=True, batch=True)
 
 
