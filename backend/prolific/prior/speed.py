@@ -21,6 +21,7 @@ import torch
 
 from ..kernels import triton_available
 from ..speed_options import SpeedOptions, already_told, best_options
+from .channels_last import channels_last_unet
 from .group_norms import triton_group_norms
 
 
@@ -62,7 +63,10 @@ def estimator_kwargs(options: SpeedOptions) -> dict:
 
 @contextlib.contextmanager
 def backend_flags(options: SpeedOptions):
-    """TF32 tensor cores for fp32 matmuls and convolutions (CUDA only) while inside; the previous values after."""
+    """TF32 tensor cores for fp32 matmuls and convolutions (CUDA only) while inside; the previous values after.
+    cuDNN's timed choice of convolution algorithms (`torch.backends.cudnn.benchmark`) is left off: stage 1 at 512
+    px took 96.0 vs 95.8 ms with it (blob), 58.9 vs 59.4 (solid ball), stage 3 42.2 vs 42.3, side by side on an
+    H100 (bench_results/2026-12-08_h100_unet_layout/)."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = options.tf32
     try:
@@ -81,8 +85,9 @@ def attention_processor(sdpa: bool):
 @contextlib.contextmanager
 def module_layout(prior, options: SpeedOptions):
     """The attention processors (diffusers' `set_attn_processor`) of the UNet and, with vae-matmul, of the VAE,
-    with channels-last the UNet's memory format, and with vae-norm / unet-norm the VAE's / the UNet's group norms
-    (prior/group_norms.py), while inside; all back as they were after. Yields what was applied.
+    with channels-last the UNet's memory format (prior/channels_last.py), and with vae-norm / unet-norm the VAE's /
+    the UNet's group norms (prior/group_norms.py), while inside; all back as they were after. Yields what was
+    applied.
 
     The VAE is left in NCHW, and with vae-matmul its one attention layer (the mid block's single 512-wide head
     over 64x64 latents: SDPA has no flash kernel that wide, and its memory-efficient fallback's backward is
@@ -98,11 +103,11 @@ def module_layout(prior, options: SpeedOptions):
     if vae_processors:
         vae.set_attn_processor(attention_processor(False))
         report["vae_attention"] = "AttnProcessor"
-    if options.channels_last:
-        unet.to(memory_format=torch.channels_last)
-        report["channels_last"] = "on"
     try:
         with contextlib.ExitStack() as stack:
+            if options.channels_last:
+                blocks = stack.enter_context(channels_last_unet(unet))
+                report["channels_last"] = f"on, {blocks} transformer blocks keeping NHWC"
             for name, wanted, module in (("vae_norm", options.vae_norm, vae), ("unet_norm", options.unet_norm, unet)):
                 if not wanted or module is None:
                     continue
@@ -113,8 +118,6 @@ def module_layout(prior, options: SpeedOptions):
                     report[name] = "skipped: needs CUDA and triton"
             yield report
     finally:
-        if options.channels_last:
-            unet.to(memory_format=torch.contiguous_format)
         unet.set_attn_processor(processors)
         if vae_processors:
             vae.set_attn_processor(vae_processors)
