@@ -11,20 +11,15 @@ The resnet blocks' SiLU fused into these kernels measured no faster: stage 1 at 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
-from .module_swaps import replaced
+from .module_swaps import replaced, view_as
 
 
 class TritonGroupNorm(nn.GroupNorm):
-    @classmethod
-    def sharing(cls, norm: nn.GroupNorm) -> "TritonGroupNorm":
-        """A TritonGroupNorm holding `norm`'s own weight and bias."""
-        new = cls(norm.num_groups, norm.num_channels, norm.eps, norm.affine, device="meta")
-        new.weight, new.bias = norm.weight, norm.bias
-        return new
-
     def kernels_apply(self, x: torch.Tensor) -> bool:
         """Whether forward(x) runs the Triton kernels (else nn.GroupNorm's forward)."""
         wants_param_grad = torch.is_grad_enabled() and (self.weight.requires_grad or self.bias.requires_grad)
@@ -43,6 +38,7 @@ class TritonGroupNorm(nn.GroupNorm):
 
 
 def triton_group_norms(module: nn.Module):
-    """Every nn.GroupNorm inside `module` replaced by a TritonGroupNorm sharing its parameters while inside (a
-    context manager, module_swaps.replaced); the originals back after. Yields how many were replaced."""
-    return replaced(module, nn.GroupNorm, TritonGroupNorm.sharing)
+    """Every nn.GroupNorm inside `module` replaced by a TritonGroupNorm view of it (its own weight and bias:
+    module_swaps.view_as) while inside (a context manager, module_swaps.replaced); the originals back after.
+    Yields how many were replaced."""
+    return replaced(module, nn.GroupNorm, functools.partial(view_as, TritonGroupNorm))
