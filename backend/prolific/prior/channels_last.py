@@ -31,8 +31,10 @@ def layout_keeping_transformer() -> type:
     class LayoutKeepingTransformer2D(Transformer2DModel):
         def _get_output_for_continuous_inputs(self, hidden_states, residual, batch_size, height, width, inner_dim):
             # Transformer2DModel's own fold (diffusers 0.42), with the layout of `residual` instead of NCHW.
-            fold = functools.partial(_fold, batch_size=batch_size, height=height, width=width, inner_dim=inner_dim,
-                                     memory_format=memory_format_of(residual))
+            def fold(tokens):
+                image = tokens.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
+                return image.contiguous(memory_format=memory_format_of(residual))
+
             if self.use_linear_projection:
                 hidden_states = fold(self.proj_out(hidden_states))
             else:
@@ -40,12 +42,6 @@ def layout_keeping_transformer() -> type:
             return hidden_states + residual
 
     return LayoutKeepingTransformer2D
-
-
-def _fold(tokens: torch.Tensor, batch_size: int, height: int, width: int, inner_dim: int,
-          memory_format: torch.memory_format) -> torch.Tensor:
-    image = tokens.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
-    return image.contiguous(memory_format=memory_format)
 
 
 @contextlib.contextmanager
