@@ -38,6 +38,8 @@ def test_stage1_compare_reports_reference_and_optimised(capsys, tmp_path):
             assert r["ms_per_step"] > 0 and len(r["ms_per_step_all"]) == 2
             assert PARTS <= set(r["breakdown_ms"])
             assert sum(r["breakdown_ms"].values()) == pytest.approx(r["ms_per_step"], rel=0.05)
+            # The update timed on its own stream: inline on a CPU, inside the step's lora_update part.
+            assert 0 < r["update_ms"] <= r["breakdown_ms"]["lora_update"]
             assert r["render_finite"]
     # The reference runs ε_φ as its own UNet call; batched, it rides along with the pretrained one.
     assert ref["resolutions"]["16"]["breakdown_ms"]["estimator"] > 0
@@ -75,6 +77,8 @@ def test_mesh_stage_benches(capsys, tiny_sd_model, stage):
         # Batched (the CPU default), ε_φ rides in the pretrained branch's call: no estimator part of its own.
         assert parts - ({"estimator"} if variant is opt else set()) <= set(r["breakdown_ms"])
         assert variant["faces"][0] > 0
+        # Only texture (VSD) has an estimator update to time on its own stream.
+        assert (0 < r["update_ms"] <= r["breakdown_ms"]["lora_update"]) if stage == "stage3" else "update_ms" not in r
     # Geometry is SDS: only the pretrained CFG pair runs; texture is VSD.
     assert ref["flops"]["unet_sample_forwards"] == (2 if stage == "stage2" else 5)
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from prolific.config import make_config
-from prolific.field.mlp import TritonMLP, make_mlp
+from prolific.field.mlp import Encoded, TritonMLP, make_mlp
 from prolific.field.nerf import NeRF
 from prolific.field.texture import AlbedoField
 
@@ -73,3 +73,33 @@ def test_a_grid_wider_than_the_fused_kernels_gets_pytorch_layers_not_an_error():
     assert mlp_impl("triton", 32, 64, 4, 2) == mlp_impl("triton", 64, 64, 3, 1) == "triton"
     assert mlp_impl("triton", 80, 64, 4, 2) == "torch"  # e.g. hash_levels 40: 80 features into the MLP
     assert mlp_impl("torch", 32, 64, 4, 2) == mlp_impl("tcnn", 32, 64, 4, 2) == "torch"
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_a_probes_values_are_taken_bit_for_bit_in_any_layout(device):
+    """Encoded.take moves rows of 8 and 16 bytes as single int64 / complex128 elements: the values must come
+    back bit for bit (NaN payloads and -0.0 included) at the asked rows, as index_select gives them."""
+    g = torch.Generator().manual_seed(0)
+    n = 1000
+    level_major = torch.randn(16, n, 2, generator=g)
+    outputs = torch.randn(n, 4, generator=g)
+    odd = torch.tensor([float("nan"), -0.0, float("inf"), 1e-45])
+    outputs[7], level_major[3, 7] = odd, odd[:2]
+    outputs[9] = torch.tensor([0x7FC00123, 0x7FA00001, 0, -1], dtype=torch.int32).view(torch.float32)  # payloads
+    rows = torch.tensor([9, 7, 0, 999, 7, 500])
+    cases = [Encoded(level_major, outputs), Encoded(torch.randn(n, 32, generator=g), None),
+             Encoded(torch.randn(16, n, 3, generator=g), torch.randn(n, 3, generator=g)),
+             Encoded(level_major.permute(1, 0, 2).contiguous().permute(1, 0, 2), outputs)]  # not contiguous
+    for values in cases:
+        values = Encoded(values.features.to(device), None if values.out is None else values.out.to(device))
+        taken = values.take(rows.to(device))
+        expected = values.features.index_select(values.point_dim, rows.to(device))
+        assert taken.features.shape == expected.shape
+        assert torch.equal(_bits(taken.features), _bits(expected))
+        if values.out is not None:
+            assert torch.equal(_bits(taken.out), _bits(values.out.index_select(0, rows.to(device))))

@@ -297,6 +297,7 @@ def test_option_parsing():
     assert not opts.tf32 and not opts.sdpa
     assert SpeedOptions.parse("best") == best_options()
     assert SpeedOptions.parse("lora-kernels").lora_kernels
+    assert SpeedOptions.parse("best,priority") == dataclasses.replace(best_options(), priority=True)
     # A GPU job's auto is best in the default fp16 precision: every measured switch, lora-kernels included.
     assert speed.job_options("auto", "cuda") == dataclasses.replace(best_options(), bf16=False)
     assert SpeedOptions.parse(opts.label()) == opts

@@ -30,6 +30,7 @@ class SpeedOptions:
     fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
     graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)
     overlap: bool = False  # the estimator's update on its own CUDA stream, beside the particles' backward and render
+    priority: bool = False  # the particles' work on a CUDA stream served before the update's
     lora_kernels: bool = False  # the estimator's LoRA branches as Triton kernels (fp32 products, as peft's layers)
 
     @classmethod

@@ -140,7 +140,8 @@ def measure(stage: str, name: str, options: SpeedOptions, reference: bool, args,
         patches += [timer.wrap(d, "mesh", "mesh") for d in dmtets]
     else:
         patches += [timer.wrap(guidance, "eps_phi", "estimator"),
-                    timer.wrap(guidance, "update_estimator", "lora_update")]
+                    timer.wrap(guidance, "update_estimator", "lora_update"),
+                    timer.wrap_update(guidance.updates)]
     patches += [timer.wrap(opt, "step", "optimizer", after="other") for opt in optimizers]
     section = "geometry" if stage == "stage2" else "texture"
     try:
@@ -192,7 +193,8 @@ def run_resolution(stage, name, res, loop, timer, guidance, args, device, out) -
     if ms:
         result["achieved_tflops"] = round(out["flops"]["tflop_per_step"] / (ms / 1e3), 2)
         log(f"bench {stage} [{name}] {res}px: {ms:.1f} ms/step " + " ".join(
-            f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items()))
+            f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items())
+            + (f" (update on its stream {result['update_ms']:.1f})" if "update_ms" in result else ""))
     result.update(common.memory_block(device))
     return result
 

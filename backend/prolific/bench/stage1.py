@@ -158,7 +158,8 @@ def run_variant(name: str, options: SpeedOptions, reference: bool, args, cfg, mo
                    timer.wrap(distill, "both_branches", "prior"),
                    timer.wrap(distill, "eps_phi", "estimator"),
                    timer.wrap(distill, "loss", "loss", after="backward"),
-                   timer.wrap(distill, "update_estimator", "lora_update")]
+                   timer.wrap(distill, "update_estimator", "lora_update"),
+                   timer.wrap_update(distill.updates)]
         patches += [timer.wrap(opt, "step", "optimizer", after="other") for opt in variant.optimizers]
         with patched(patches):
             for res in resolutions:
@@ -221,7 +222,8 @@ def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, gener
     if particles[0].occupancy is not None:
         result["occupied_fraction"] = round(particles[0].occupancy.occupied_fraction, 4)
     log(f"bench stage1 [{name}] {res}px: {ms:.1f} ms/step " + " ".join(
-        f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items()))
+        f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items())
+        + (f" (update on its stream {result['update_ms']:.1f})" if "update_ms" in result else ""))
     return result
 
 

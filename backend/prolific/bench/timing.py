@@ -5,7 +5,8 @@ each marks a transition; the time between consecutive transitions belongs to the
 parts are exclusive and add up to the step. On CUDA every transition records an event and nothing synchronises
 until the steps are read (`summary`), so the host runs ahead of the GPU across steps as in a job; on the CPU it
 reads the clock. The events are on the current stream: work on another stream (the estimator's update with
-`overlap`) counts only where the current stream waits for it.
+`overlap`) counts only where the current stream waits for it; `wrap_update` times that work on its own stream
+(`update_ms`: from its first kernel to its last, waits for SMs the step holds included).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class PartTimer:
         self.base = "other"
         self.marks: list[tuple[str, object]] = []
         self.ended: list[list[tuple[str, object]]] = []  # each ended step's marks, read by `steps`
+        self.updates: list[tuple[object, object]] = []  # (start, end) of each update, on its own stream
 
     def _now(self):
         if self.cuda:
@@ -69,11 +71,13 @@ class PartTimer:
 
     def reset(self) -> None:
         """Forget every step, ended or open."""
-        self.marks, self.ended = [], []
+        self.marks, self.ended, self.updates = [], [], []
 
     def drop_last(self) -> None:
-        """Forget the last ended step."""
+        """Forget the last ended step (and its update)."""
         self.ended.pop()
+        if len(self.updates) > len(self.ended):
+            self.updates.pop()
 
     @property
     def steps(self) -> list[dict[str, float]]:
@@ -84,8 +88,7 @@ class PartTimer:
         for marks in self.ended:
             parts: dict[str, float] = {}
             for (part, start), (_, end) in zip(marks, marks[1:]):
-                ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
-                parts[part] = parts.get(part, 0.0) + ms
+                parts[part] = parts.get(part, 0.0) + self._elapsed(start, end)
             parts["total"] = sum(parts.values())
             steps.append(parts)
         return steps
@@ -110,17 +113,41 @@ class PartTimer:
 
         return _Patch(obj, name, timed)
 
+    def wrap_update(self, updates):
+        """Time the work `updates.run` (prior/update_stream.py) is given, on the stream it runs it on."""
+        inner = updates.run
+        timer = self
+
+        def run(update, reads=()):
+            def spanned():
+                start = timer._now()
+                out = update()
+                timer.updates.append((start, timer._now()))
+                return out
+
+            return inner(spanned, reads)
+
+        return _Patch(updates, "run", run)
+
+    def _elapsed(self, start, end) -> float:
+        return start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+
     def summary(self, skip: int = 0) -> dict:
-        """Median over the steps after the first `skip` (warm-up) ones: ms per step and per part."""
+        """Median over the steps after the first `skip` (warm-up) ones: ms per step and per part, and of the
+        updates timed by `wrap_update` (one per step) after as many."""
         steps = self.steps[skip:]
         if not steps:
             return {}
         names = sorted({k for s in steps for k in s if k != "total"})
-        return {
+        out = {
             "ms_per_step": statistics.median(s["total"] for s in steps),
             "ms_per_step_all": [round(s["total"], 3) for s in steps],
             "breakdown_ms": {k: round(statistics.median(s.get(k, 0.0) for s in steps), 3) for k in names},
         }
+        updates = [self._elapsed(a, b) for a, b in self.updates[skip:]]
+        if updates:
+            out["update_ms"] = round(statistics.median(updates), 3)
+        return out
 
 
 class _Patch:
