@@ -15,9 +15,10 @@ from prolific.kernels.lora import lora_delta  # noqa: E402
 from prolific.prior.lora_layers import LoraSampleGate  # noqa: E402
 
 # (samples, rows per sample, in, out, rank, alpha): widths that are no multiple of a tile, rank 1 and a rank
-# that fills the padded 16, a partial last row block; the GPU also runs SD 2.1's self-attention projection at
-# 64x64 latents and a cross-attention key projection of the 77 text tokens.
-SHAPES = [(2, 5, 20, 33, 4, 4), (3, 7, 70, 17, 1, 2), (1, 40, 64, 130, 16, 8)]
+# that fills the padded 16, a partial last row block, row blocks wholly inside a gated-off sample (which the
+# forward skips); the GPU also runs SD 2.1's self-attention projection at 64x64 latents and a cross-attention
+# key projection of the 77 text tokens.
+SHAPES = [(2, 5, 20, 33, 4, 4), (3, 7, 70, 17, 1, 2), (1, 40, 64, 130, 16, 8), (3, 64, 20, 33, 4, 4)]
 if not INTERPRETED:
     SHAPES += [(3, 4096, 320, 320, 4, 4), (1, 77, 1024, 640, 4, 4)]
 DTYPES = [torch.float32] if INTERPRETED else [torch.float32, torch.bfloat16, torch.float16]
@@ -121,3 +122,18 @@ def test_lora_weights_in_another_dtype_are_refused_with_a_sentence():
     a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
     with pytest.raises(ValueError, match="fp32 LoRA weights"):
         lora_delta(layer.base_layer(x), x, a.half(), b.half(), 1.0)
+
+
+def test_the_layers_output_is_updated_in_place_and_a_strided_one_refused():
+    """The branch is added into the base layer's output (no second activation-sized tensor per layer); a
+    strided output, which the kernels cannot write as rows, is refused with a sentence."""
+    layer = _layer(SHAPES[0], torch.float32)
+    x = _inputs(SHAPES[0], torch.float32)
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    with torch.no_grad():
+        y = layer.base_layer(x)
+        base = y.clone()
+        out = lora_delta(y, x, a, b, layer.scaling["a"])
+        assert out.data_ptr() == y.data_ptr() and not torch.equal(y, base)
+        with pytest.raises(ValueError, match="contiguous"):
+            lora_delta(base.transpose(0, 1), x.transpose(0, 1), a, b, 1.0)
