@@ -13,7 +13,8 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
-CASES = ["kernel_cases.py", "kernel_cases_mlp.py", "kernel_cases_norm.py", "kernel_cases_lora.py"]
+CASES = ["kernel_cases.py", "kernel_cases_mlp.py", "kernel_cases_norm.py", "kernel_cases_lora.py",
+         "kernel_cases_geglu.py"]
 
 
 def _run_cases(interpret: bool) -> subprocess.CompletedProcess:

@@ -26,6 +26,7 @@ class SpeedOptions:
     vae_matmul: bool = False  # the VAE's attention as plain matmul-softmax (no flash kernel fits its 512-wide head)
     vae_norm: bool = False  # the VAE's group norms as Triton kernels (PyTorch's use 32 thread blocks at 512 px)
     unet_norm: bool = False  # the UNet's group norms as Triton kernels, in its memory format (channels-last)
+    geglu: bool = False  # the UNet's feed-forward GEGLUs as one Triton kernel each way
     batch: bool = False  # CFG pair + LoRA branch in one UNet call, the LoRA gated per sample
     fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
     graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)

@@ -5,7 +5,7 @@
   prior/vsd.ScoreDistillation), which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as
   one fused kernel / its diffusion work as replayed CUDA graphs (prior/graphs.py) / its update on a CUDA stream
   of its own (prior/update_stream.py) / its LoRA branches as Triton kernels (prior/lora_layers.py).
-- tf32, sdpa, channels-last, vae-matmul, vae-norm, unet-norm, priority: settings of the process, of the shared
+- tf32, sdpa, channels-last, vae-matmul, vae-norm, unet-norm, geglu, priority: settings of the process, of the shared
   UNet/VAE and of the stream the steps run on, set by `applied` for the span of a job's steps and put back as they
   were on exit, so the long-lived server carries none into the next job.
 - fused-adam for the stages' own Adam optimizers: `fused_adam`, which the stages read when they build them
@@ -22,6 +22,7 @@ import torch
 from ..kernels import triton_available
 from ..speed_options import SpeedOptions, already_told, best_options
 from .channels_last import channels_last_unet
+from .geglu import fused_geglus
 from .group_norms import triton_group_norms
 from .update_stream import UPDATE_PRIORITY, ahead_of_updates
 
@@ -86,9 +87,9 @@ def attention_processor(sdpa: bool):
 @contextlib.contextmanager
 def module_layout(prior, options: SpeedOptions):
     """The attention processors (diffusers' `set_attn_processor`) of the UNet and, with vae-matmul, of the VAE,
-    with channels-last the UNet's memory format (prior/channels_last.py), and with vae-norm / unet-norm the VAE's /
-    the UNet's group norms (prior/group_norms.py), while inside; all back as they were after. Yields what was
-    applied.
+    with channels-last the UNet's memory format (prior/channels_last.py), with vae-norm / unet-norm the VAE's /
+    the UNet's group norms (prior/group_norms.py), and with geglu the UNet's feed-forward activations
+    (prior/geglu.py), while inside; all back as they were after. Yields what was applied.
 
     The VAE is left in NCHW, and with vae-matmul its one attention layer (the mid block's single 512-wide head
     over 64x64 latents: SDPA has no flash kernel that wide, and its memory-efficient fallback's backward is
@@ -109,14 +110,20 @@ def module_layout(prior, options: SpeedOptions):
             if options.channels_last:
                 blocks = stack.enter_context(channels_last_unet(unet))
                 report["channels_last"] = f"on, {blocks} transformer blocks keeping NHWC"
+            kernels = prior.device.type == "cuda" and triton_available()
             for name, wanted, module in (("vae_norm", options.vae_norm, vae), ("unet_norm", options.unet_norm, unet)):
                 if not wanted or module is None:
                     continue
-                if prior.device.type == "cuda" and triton_available():
+                if kernels:
                     stack.enter_context(triton_group_norms(module))
                     report[name] = "triton"
                 else:
                     report[name] = "skipped: needs CUDA and triton"
+            if options.geglu:
+                if kernels:
+                    report["geglu"] = f"triton, {stack.enter_context(fused_geglus(unet))} feed-forwards"
+                else:
+                    report["geglu"] = "skipped: needs CUDA and triton"
             yield report
     finally:
         unet.set_attn_processor(processors)
