@@ -1,8 +1,11 @@
 """The vae-norm and unet-norm speed options (prior/group_norms.py): the VAE's and the UNet's group norms swapped for
 the Triton kernels' while a job runs, and the encoder's latents and input gradients, and the UNet's ε, unchanged
 by it on the GPU."""
+from typing import Callable
+
 import pytest
 import torch
+from option_accuracy import no_less_accurate
 
 from prolific.prior import speed
 from prolific.prior.diffusion import load_prior
@@ -34,39 +37,16 @@ def test_the_swapped_norms_share_the_parameters_and_are_put_back(tiny_sd_model):
             assert all(type(m) is torch.nn.GroupNorm for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+def _kernel_runs(module_of: Callable):
+    """The `watch` of option_accuracy.no_less_accurate: pre-hooks on the TritonGroupNorms of module_of(prior) that
+    note whether each call takes the kernels."""
+    def watch(prior) -> tuple[list, list]:
+        ran: list = []
+        hooks = [m.register_forward_pre_hook(lambda m, args: ran.append(m.kernels_apply(args[0])))
+                 for m in module_of(prior).modules() if isinstance(m, TritonGroupNorm)]
+        return ran, hooks
 
-
-def _kernel_runs(model) -> tuple[list, list]:
-    """Forward pre-hooks on the model's TritonGroupNorms that note whether each call takes the kernels."""
-    ran: list = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: ran.append(m.kernels_apply(args[0])))
-             for m in model.modules() if isinstance(m, TritonGroupNorm)]
-    return ran, hooks
-
-
-def _no_less_accurate(run, tiny_sd_model, dtype, option: str) -> None:
-    """`run(prior, options)` → (output, gradient), in `dtype` with and without the kernels, each against the fp32
-    model without them. Each norm rounds its output to the dtype once either way, and an ulp's difference here and
-    there grows through the random tiny model's layers (with PyTorch's norm itself the fp16 encoder's gradient is
-    several ulps off fp32): the kernels must stay within 1.5x PyTorch's own error at that precision. A norm
-    indexing the wrong channel's weight or the wrong group's moments is off by O(1)."""
-    exact = run(load_prior(str(tiny_sd_model), torch.device("cuda"), torch.float32), SpeedOptions())
-    prior = load_prior(str(tiny_sd_model), torch.device("cuda"), dtype)
-    errors = {}
-    for on in (False, True):
-        options = SpeedOptions(channels_last=True, **{option: on})
-        with speed.applied(prior, options) as report:
-            assert report.get(option) == ("triton" if on else None)
-            ran, hooks = _kernel_runs(prior.vae if option == "vae_norm" else prior.unet)
-            out = run(prior, options)
-            for hook in hooks:
-                hook.remove()
-            assert any(ran) == on
-        errors[on] = [_rel(a, b) for a, b in zip(out, exact)]
-    assert exact[1].norm() > 0 and all(e > 0 for e in errors[False])
-    assert all(on <= 1.5 * off for on, off in zip(errors[True], errors[False])), errors
+    return watch
 
 
 @pytest.mark.gpu
@@ -80,7 +60,7 @@ def test_the_encoder_with_vae_norm_is_as_accurate_as_without(tiny_sd_model, dtyp
         latents = prior.encode_images(images)
         return latents, torch.autograd.grad((latents * latents).sum(), images)[0]
 
-    _no_less_accurate(run, tiny_sd_model, dtype, "vae_norm")
+    no_less_accurate(run, tiny_sd_model, dtype, "vae_norm", _kernel_runs(lambda prior: prior.vae))
 
 
 @pytest.mark.gpu
@@ -101,4 +81,4 @@ def test_the_channels_last_unet_with_unet_norm_is_as_accurate_as_without(tiny_sd
         eps = prior.unet_eps(x, t, emb)
         return eps, torch.autograd.grad((eps * eps).sum(), x)[0]
 
-    _no_less_accurate(run, tiny_sd_model, dtype, "unet_norm")
+    no_less_accurate(run, tiny_sd_model, dtype, "unet_norm", _kernel_runs(lambda prior: prior.unet))
