@@ -8,6 +8,7 @@ import torch
 
 from prolific.cli import main
 from prolific.bench import sd_shapes
+from prolific.bench.profiling import kernel_summary
 
 PARTS = {"render", "encode", "prior", "backward", "optimizer", "lora_update"}
 
@@ -177,6 +178,37 @@ def test_bench_render_and_hashgrid_reject_bad_arguments(capsys):
     assert "error: --points" in capsys.readouterr().err
     assert main(["bench", "render", "--set", "march_stepz=4"]) == 2
     assert "error: Unknown setting 'nerf.march_stepz'" in capsys.readouterr().err
+
+
+def test_the_profile_adds_up_a_traces_kernels_per_step():
+    """Two steps' kernels on a main and a side stream: busy time is their union, a stream's time alone is what
+    no other stream covers, kinds and the longest kernels are per step; CPU events are not kernels."""
+    def kernel(name, ts, dur, stream):
+        return {"cat": "kernel", "name": name, "ts": ts, "dur": dur, "args": {"stream": stream}}
+
+    events = [kernel("_hashgrid_bwd", 0, 100, 7), kernel("sm90_xmma_fprop_implicit_gemm", 150, 50, 7),
+              kernel("_bwd_h", 120, 60, 17), kernel("_hashgrid_bwd", 400, 100, 7),
+              kernel("void at::native::vectorized_elementwise_kernel<4>", 600, 20, 17),
+              {"cat": "cpu_op", "name": "aten::add", "ts": 0, "dur": 999}]
+    out = kernel_summary(events, steps=2, wall_ms=1.0)
+    assert out["wall_ms"] == 0.5 and out["kernel_ms"] == 0.165
+    assert out["gpu_busy_ms"] == 0.15  # 0-100, 120-200, 400-500, 600-620 µs over two steps
+    assert out["streams"]["7"] == {"kernel_ms": 0.125, "alone_ms": 0.11}
+    assert out["streams"]["17"] == {"kernel_ms": 0.04, "alone_ms": 0.025}  # 150-180 overlaps the main stream
+    assert out["kinds_ms"] == {"hash grid": 0.1, "lora": 0.03, "conv / gemm": 0.025, "elementwise": 0.01}
+    assert out["top_kernels"][0] == {"name": "_hashgrid_bwd", "ms": 0.1, "calls": 1.0}
+
+
+def test_stage1_profile_needs_cuda_and_the_speed_variants(capsys, tmp_path):
+    code, result = _bench(capsys, "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"),
+                          "--resolutions", "16", "--steps", "1", "--warmup", "0", "--opt", "sdpa,batch",
+                          "--profile", "--device", "cpu")
+    assert code == 0
+    assert result["variants"][0]["resolutions"]["16"]["profile"] == {
+        "skipped": "needs CUDA: the profile reads the GPU's kernels"}
+    assert main(["bench", "stage1", "--model", "tiny", "--model-cache", str(tmp_path / "models"), "--device", "cpu",
+                 "--particles", "2", "--gpus", "1,2", "--profile"]) == 2
+    assert "--profile is for the speed variants" in capsys.readouterr().err
 
 
 def test_stage1_over_processes_refuses_more_processes_than_particles(capsys, tmp_path):

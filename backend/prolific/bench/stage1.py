@@ -21,6 +21,7 @@ from ..prior import speed
 from ..prior.speed import SpeedOptions, log
 from . import common
 from .flops import vsd_step_flops
+from .profiling import PROFILED_STEPS, profile_steps
 from .timing import PartTimer, patched
 
 
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--field", choices=sorted(common.FIELDS), default="blob",
                         help="the NeRF's density at the first step: blob (stage 1's initialisation, the default) or "
                              "solid (an opaque ball, as a trained object when 512 px rendering starts)")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"after the timed steps, {PROFILED_STEPS} more under torch.profiler (CUDA): the GPU's "
+                             "busy time against the wall, per stream, per kernel kind, the longest kernels (JSON "
+                             "'profile' of each resolution)")
     return parser
 
 
@@ -224,6 +229,17 @@ def run_resolution(name, res, cfg, distill, particles, optimizers, prompt, gener
     log(f"bench stage1 [{name}] {res}px: {ms:.1f} ms/step " + " ".join(
         f"{k}={v:.1f}" for k, v in result["breakdown_ms"].items())
         + (f" (update on its stream {result['update_ms']:.1f})" if "update_ms" in result else ""))
+    if args.profile:
+        try:
+            result["profile"] = profile_steps(one_step, device)
+        except Exception as err:  # noqa: BLE001 - the timings above stand without it
+            result["profile"] = {"error": common.error_text(err)}
+        profiled = result["profile"]
+        if "gpu_busy_ms" in profiled:
+            streams = ", ".join(f"stream {s} {v['kernel_ms']:.1f} ({v['alone_ms']:.1f} alone)"
+                                for s, v in profiled["streams"].items())
+            log(f"bench stage1 [{name}] {res}px profiled: wall {profiled['wall_ms']:.1f} ms/step, GPU busy "
+                f"{profiled['gpu_busy_ms']:.1f}, {streams}")
     return result
 
 
@@ -242,6 +258,8 @@ def run(argv: list[str]) -> dict:
 
         if args.field != "blob":
             raise BadRequest("--field is for the speed variants; --gpus times whole jobs from stage 1's start.")
+        if args.profile:
+            raise BadRequest("--profile is for the speed variants; --gpus times whole jobs over several processes.")
         result = team.run(args, device, preset, resolutions)
         common.emit(result, args.json)
         return result
