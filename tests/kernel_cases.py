@@ -94,6 +94,24 @@ def test_hashgrid_gradients_match_torch(args, with_points, layout):
         assert xb is None
 
 
+@pytest.mark.parametrize("merge_max_res", [0, 16, 10_000])
+def test_the_backward_merges_runs_on_the_levels_asked_for_and_changes_nothing(merge_max_res):
+    """The table's gradient is the same whether no level, the coarsest ones or all of them merge runs of points
+    in one cell before their atomic adds."""
+    args = GRIDS[0]
+    ref, _ = _pair(args)
+    fused = TritonHashGrid(*args, merge_max_res=merge_max_res).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    x = _points(N_POINTS, "rays")
+    g = torch.randn(N_POINTS, ref.out_dim, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    grads = []
+    for grid in (ref, fused):
+        (grid(x) * g).sum().backward()
+        grads.append(grid.params.grad)
+    assert float((grads[0] - grads[1]).abs().max() / grads[0].abs().max()) <= _tolerance(
+        args, 1e-5 if INTERPRETED else 1e-4)
+
+
 def _segments(counts):
     counts = torch.tensor(counts)
     ray = torch.repeat_interleave(torch.arange(len(counts)), counts).to(DEVICE)

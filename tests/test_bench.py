@@ -170,12 +170,28 @@ def test_hashgrid_bench_rays_layout_orders_points_as_a_render_does(capsys):
     assert float((gaps[within_ray] <= STEP * 1.001).float().mean()) > 0.9  # a step apart but where clamped
     code, result = _bench(capsys, "hashgrid", "--points", "2K", "--preset", "test", "--steps", "1", "--warmup",
                           "0", "--layout", "rays", "--device", "cpu")
-    assert code == 0 and result["layout"] == "rays"
+    assert code == 0 and result["layout"] == "rays" and result["samples_per_ray"] == SAMPLES_PER_RAY
+    # As a 512 px render keeps them on an opaque object: 9 samples a ray.
+    x = bench_points(1000, "rays", torch.Generator().manual_seed(0), torch.device("cpu"), samples_per_ray=9)
+    gaps = (x[1:] - x[:-1]).norm(dim=1)
+    starts = torch.arange(1, 1000) % 9 == 0
+    assert float((gaps[~starts] <= STEP * 1.001).float().mean()) > 0.9 and float(gaps[starts].median()) > 10 * STEP
+    code, result = _bench(capsys, "hashgrid", "--points", "2K", "--preset", "test", "--steps", "1", "--warmup",
+                          "0", "--layout", "rays", "--samples-per-ray", "9", "--device", "cpu")
+    assert code == 0 and result["samples_per_ray"] == 9
 
 
 def test_bench_render_and_hashgrid_reject_bad_arguments(capsys):
     assert main(["bench", "hashgrid", "--points", "many"]) == 2
     assert "error: --points" in capsys.readouterr().err
+    assert main(["bench", "hashgrid", "--impl", "torch", "--merge-max-res", "0,512", "--device", "cpu"]) == 2
+    assert "--merge-max-res is a setting of the triton hash grid" in capsys.readouterr().err
+    assert main(["bench", "hashgrid", "--impl", "triton", "--merge-max-res", "half", "--device", "cpu"]) == 2
+    assert "--merge-max-res must be comma-separated resolutions" in capsys.readouterr().err
+    assert main(["bench", "hashgrid", "--impl", "triton", "--merge-max-res", "0,512", "--device", "cpu"]) == 2
+    assert "The triton hash grid needs a CUDA device" in capsys.readouterr().err
+    assert main(["bench", "hashgrid", "--layout", "rays", "--samples-per-ray", "0", "--device", "cpu"]) == 2
+    assert "--samples-per-ray must be at least 1" in capsys.readouterr().err
     assert main(["bench", "render", "--set", "march_stepz=4"]) == 2
     assert "error: Unknown setting 'nerf.march_stepz'" in capsys.readouterr().err
 

@@ -3,8 +3,10 @@
 The grid is the standard preset's (16 levels × 2 features, 2^19 table, resolutions 16 → 2048) unless --preset
 names another; points are uniform in the unit cube. Timed: forward without gradients, forward + backward to the
 table, forward + backward to table and points (ms, median of --steps after --warmup). `--layout rays` orders
-the points as a render's samples come instead: ray by ray, one march step (√3/512 of the unit cube) apart, so
-runs of consecutive points share coarse cells, the case the Triton backward merges before its atomics.
+the points as a render's samples come instead: ray by ray, one march step (√3/512 of the unit cube) apart
+(`--samples-per-ray` of them: a 512 px render of an opaque object keeps ~9 per ray), so runs of consecutive
+points share coarse cells, the case the Triton backward merges before its atomics; `--merge-max-res` times the
+Triton grid once per choice of the finest level resolution that merges.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 
 from ..config import make_config
 from ..errors import BadRequest
-from ..field.hashgrid import make_hash_encoding, tcnn_available
+from ..field.hashgrid import MERGE_MAX_RES, make_hash_encoding, tcnn_available
 from ..kernels import triton_available
 from ..prior.speed import log
 from . import common
@@ -25,7 +27,7 @@ from . import common
 GPU_POINTS = "1M,4M"
 MODES = ("forward", "forward_backward_table", "forward_backward_table_points")
 LAYOUTS = ("uniform", "rays")
-SAMPLES_PER_RAY = 64  # the `rays` layout: a ray's stretch through the object, one march step apart
+SAMPLES_PER_RAY = 64  # the `rays` layout's default: a ray's stretch through the object, one march step apart
 STEP = 3 ** 0.5 / 512  # the standard preset's march step in unit-cube coordinates (512 over the diagonal)
 
 
@@ -39,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="standard", help="config preset whose hash grid is timed")
     parser.add_argument("--layout", choices=LAYOUTS, default="uniform",
                         help="uniform random points, or rays (ray by ray in march steps, as a render's samples)")
+    parser.add_argument("--samples-per-ray", type=int, default=SAMPLES_PER_RAY,
+                        help=f"consecutive samples of a ray in the rays layout (default {SAMPLES_PER_RAY})")
+    parser.add_argument("--merge-max-res", default=None, metavar="R,R,...",
+                        help="time the triton grid once per value: the finest level resolution whose backward "
+                             f"merges runs of points in one cell (default: the grid's, {MERGE_MAX_RES}; 0 merges none)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -59,6 +66,21 @@ def parse_points(text: str) -> list[int]:
     return values
 
 
+def parse_merges(text: str | None, impls: list[str]) -> list[int | None]:
+    """--merge-max-res as a list of resolutions (None: the grid's own), refused without the triton grid."""
+    if text is None:
+        return [None]
+    if "triton" not in impls:
+        raise BadRequest("--merge-max-res is a setting of the triton hash grid: add triton to --impl.")
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadRequest(f"--merge-max-res must be comma-separated resolutions such as 0,160,512, got '{text}'.") from None
+    if not values or min(values) < 0:
+        raise BadRequest("--merge-max-res must be resolutions of 0 or more.")
+    return values
+
+
 def default_impls(device: torch.device) -> list[str]:
     if device.type != "cuda":
         return ["torch"]
@@ -66,15 +88,16 @@ def default_impls(device: torch.device) -> list[str]:
             if ok]
 
 
-def bench_points(n: int, layout: str, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n points [n,3] in the unit cube: uniform, or ray by ray (random rays from inside the cube, SAMPLES_PER_RAY
+def bench_points(n: int, layout: str, generator: torch.Generator, device: torch.device,
+                 samples_per_ray: int = SAMPLES_PER_RAY) -> torch.Tensor:
+    """n points [n,3] in the unit cube: uniform, or ray by ray (random rays from inside the cube, samples_per_ray
     samples each, clamped to the cube)."""
     if layout == "uniform":
         return torch.rand(n, 3, device=device, generator=generator)
-    rays = -(-n // SAMPLES_PER_RAY)
+    rays = -(-n // samples_per_ray)
     origin = torch.rand(rays, 1, 3, device=device, generator=generator)
     direction = torch.nn.functional.normalize(torch.randn(rays, 1, 3, device=device, generator=generator), dim=-1)
-    steps = torch.arange(SAMPLES_PER_RAY, device=device, dtype=torch.float32)[:, None] * STEP
+    steps = torch.arange(samples_per_ray, device=device, dtype=torch.float32)[:, None] * STEP
     return (origin + direction * steps).reshape(-1, 3)[:n].clamp(0.0, 1.0).contiguous()
 
 
@@ -92,16 +115,21 @@ def time_ms(fn, device: torch.device, steps: int, warmup: int) -> float:
     return round(statistics.median(times), 3)
 
 
-def measure(impl: str, gcfg, device: torch.device, points: list[int], args) -> dict:
+def measure(impl: str, gcfg, device: torch.device, points: list[int], args, merge_max_res: int | None = None) -> dict:
     torch.manual_seed(args.seed)
-    grid = make_hash_encoding(gcfg.hash_levels, gcfg.hash_features, gcfg.hash_log2_size, gcfg.hash_base_res,
-                              gcfg.hash_max_res, device=device, impl=impl)
-    out = {"impl": impl, "points": {}}
+    sizes = (gcfg.hash_levels, gcfg.hash_features, gcfg.hash_log2_size, gcfg.hash_base_res, gcfg.hash_max_res)
+    if merge_max_res is None:
+        grid = make_hash_encoding(*sizes, device=device, impl=impl)
+        out = {"impl": impl, "points": {}}
+    else:
+        grid = make_hash_encoding(*sizes, device=device, impl=impl, merge_max_res=merge_max_res)
+        out = {"impl": impl, "merge_max_res": merge_max_res, "points": {}}
+    label = impl if merge_max_res is None else f"{impl}, merge up to {merge_max_res}"
     for n in points:
         common.free_memory(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        x = bench_points(n, args.layout, torch.Generator(device).manual_seed(args.seed), device)
+        x = bench_points(n, args.layout, torch.Generator(device).manual_seed(args.seed), device, args.samples_per_ray)
         g = torch.randn(n, grid.out_dim, device=device)
         xg = x.clone().requires_grad_()
 
@@ -125,7 +153,7 @@ def measure(impl: str, gcfg, device: torch.device, points: list[int], args) -> d
             entry = common.record_failure({}, err, device)
         entry.update(common.memory_block(device))
         out["points"][str(n)] = entry
-        log(f"bench hashgrid [{impl}] {n} points: " + ", ".join(f"{k}={v}" for k, v in entry.items()))
+        log(f"bench hashgrid [{label}] {n} points: " + ", ".join(f"{k}={v}" for k, v in entry.items()))
     return out
 
 
@@ -135,11 +163,17 @@ def run(argv: list[str]) -> dict:
     gcfg = make_config("a bench object", args.preset, {"device": str(device)}).hash_grid
     points = parse_points(args.points or (GPU_POINTS if device.type == "cuda" else "64K"))
     impls = [s.strip() for s in args.impl.split(",") if s.strip()] if args.impl else default_impls(device)
-    result = {"bench": "hashgrid", **common.environment(device), "preset": args.preset,
-              "layout": args.layout, "grid": {"levels": gcfg.hash_levels, "features": gcfg.hash_features, "log2_size": gcfg.hash_log2_size,
+    merges = parse_merges(args.merge_max_res, impls)
+    if args.samples_per_ray < 1:
+        raise BadRequest("--samples-per-ray must be at least 1.")
+    result = {"bench": "hashgrid", **common.environment(device), "preset": args.preset, "layout": args.layout,
+              "grid": {"levels": gcfg.hash_levels, "features": gcfg.hash_features, "log2_size": gcfg.hash_log2_size,
                        "base_res": gcfg.hash_base_res, "max_res": gcfg.hash_max_res},
               "steps": args.steps, "warmup": args.warmup, "results": []}
+    if args.layout == "rays":
+        result["samples_per_ray"] = args.samples_per_ray
     for impl in impls:
-        result["results"].append(measure(impl, gcfg, device, points, args))
+        for merge in (merges if impl == "triton" else [None]):
+            result["results"].append(measure(impl, gcfg, device, points, args, merge))
     common.emit(result, args.out / "hashgrid.json" if args.out is not None else None)
     return result

@@ -17,8 +17,8 @@ Backward recomputes the corners. The table's gradient is scattered with relaxed 
 stored in fp32: Adam's updates of 1e-2·lr scale vanish in fp16/bf16, and so would small gradient sums
 accumulated in them), two features at once where the GPU has vector atomics (sm_90). A render's samples come
 ray by ray, so on coarse levels runs of consecutive points share a cell, and every one of them adding to the
-same 8 rows serialises on those addresses: with two features, a segmented sum over each run first leaves one
-atomic add per run and corner. The points' gradient, only when a caller asks for it, is the derivative of the trilinear weights,
+same 8 rows serialises on those addresses: with two features, on the levels up to the grid's merge_max_res, a
+segmented sum over each run first leaves one atomic add per run and corner. The points' gradient, only when a caller asks for it, is the derivative of the trilinear weights,
 written per level and summed over levels afterwards.
 """
 from __future__ import annotations
@@ -30,9 +30,6 @@ import triton.language as tl
 
 BLOCK = 128
 FORWARD_WARPS, BACKWARD_WARPS = 4, 4  # one point per thread
-# Levels this coarse or coarser merge runs of points in one cell before their atomics: at 512 px neighbouring
-# samples of a ray are ~1/300 of the cube apart, so finer cells rarely hold two in a row.
-MERGE_MAX_RES = 512
 
 
 @triton.jit
@@ -219,7 +216,7 @@ def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, 
 
 def _layout(grid) -> tuple:
     res = grid._res.int().contiguous()
-    n_merge = sum(r <= MERGE_MAX_RES for r in grid.resolutions)  # resolutions grow with the level
+    n_merge = sum(r <= grid.merge_max_res for r in grid.resolutions)  # resolutions grow with the level
     return res, grid._mult.contiguous(), grid._offsets.contiguous(), n_merge
 
 
