@@ -14,38 +14,44 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024  # columns of one row per program
+# A program's tile: rows × columns of the output. 256 columns divide SD's feed-forward widths (4 × 320, 640, 1280).
+BM, BN = 4, 256
 _SQRT_HALF = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
+@triton.jit
+def _tile(p_ptr, M, D, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's rows and columns: offsets of a and g in p ([M, 2D]) and of the output ([M, D]), the mask,
+    and a, g in fp32."""
+    rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    m = (rows[:, None] < M) & (cols[None, :] < D)
+    at_a = rows[:, None] * 2 * D + cols[None, :]
+    a = tl.load(p_ptr + at_a, mask=m, other=0.0).to(tl.float32)
+    g = tl.load(p_ptr + at_a + D, mask=m, other=0.0).to(tl.float32)
+    return at_a, rows[:, None] * D + cols[None, :], m, a, g
+
+
 @triton.jit(do_not_specialize=["M"])
-def _geglu_fwd(p_ptr, out_ptr, M, D, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = cols < D
-    a = tl.load(p_ptr + row * 2 * D + cols, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(p_ptr + row * 2 * D + D + cols, mask=m, other=0.0).to(tl.float32)
+def _geglu_fwd(p_ptr, out_ptr, M, D, BM: tl.constexpr, BN: tl.constexpr):
+    _, at_out, m, a, g = _tile(p_ptr, M, D, BM, BN)
     out = a * (0.5 * g * (1.0 + tl.erf(g * _SQRT_HALF)))
-    tl.store(out_ptr + row * D + cols, out.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + at_out, out.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit(do_not_specialize=["M"])
-def _geglu_bwd(p_ptr, dy_ptr, dp_ptr, M, D, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = cols < D
-    a = tl.load(p_ptr + row * 2 * D + cols, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(p_ptr + row * 2 * D + D + cols, mask=m, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + row * D + cols, mask=m, other=0.0).to(tl.float32)
+def _geglu_bwd(p_ptr, dy_ptr, dp_ptr, M, D, BM: tl.constexpr, BN: tl.constexpr):
+    at_a, at_out, m, a, g = _tile(p_ptr, M, D, BM, BN)
+    dy = tl.load(dy_ptr + at_out, mask=m, other=0.0).to(tl.float32)
     cdf = 0.5 * (1.0 + tl.erf(g * _SQRT_HALF))
     pdf = tl.exp(-0.5 * g * g) * _INV_SQRT_2PI
-    tl.store(dp_ptr + row * 2 * D + cols, (dy * g * cdf).to(dp_ptr.dtype.element_ty), mask=m)
-    tl.store(dp_ptr + row * 2 * D + D + cols, (dy * a * (cdf + g * pdf)).to(dp_ptr.dtype.element_ty), mask=m)
+    tl.store(dp_ptr + at_a, (dy * g * cdf).to(dp_ptr.dtype.element_ty), mask=m)
+    tl.store(dp_ptr + at_a + D, (dy * a * (cdf + g * pdf)).to(dp_ptr.dtype.element_ty), mask=m)
 
 
 def _grid(M: int, D: int) -> tuple[int, int]:
-    return M, triton.cdiv(D, BLOCK)
+    return triton.cdiv(M, BM), triton.cdiv(D, BN)
 
 
 class _GEGLU(torch.autograd.Function):
@@ -55,7 +61,7 @@ class _GEGLU(torch.autograd.Function):
         p2 = p.reshape(-1, 2 * D)
         out = p2.new_empty(p2.shape[0], D)
         if p2.shape[0] > 0:  # an empty launch grid is not a valid CUDA launch
-            _geglu_fwd[_grid(p2.shape[0], D)](p2, out, p2.shape[0], D, BLOCK=BLOCK)
+            _geglu_fwd[_grid(p2.shape[0], D)](p2, out, p2.shape[0], D, BM=BM, BN=BN)
         ctx.save_for_backward(p2)
         ctx.shape = p.shape
         return out.view(*p.shape[:-1], D)
@@ -68,7 +74,7 @@ class _GEGLU(torch.autograd.Function):
         dy = grad_out.reshape(-1, D).contiguous()
         dp = torch.empty_like(p2)
         if p2.shape[0] > 0:
-            _geglu_bwd[_grid(p2.shape[0], D)](p2, dy, dp, p2.shape[0], D, BLOCK=BLOCK)
+            _geglu_bwd[_grid(p2.shape[0], D)](p2, dy, dp, p2.shape[0], D, BM=BM, BN=BN)
         return dp.view(ctx.shape)
 
 
