@@ -117,14 +117,14 @@ def time_ms(fn, device: torch.device, steps: int, warmup: int) -> float:
 
 def measure(impl: str, gcfg, device: torch.device, points: list[int], args, merge_max_res: int | None = None) -> dict:
     torch.manual_seed(args.seed)
-    sizes = (gcfg.hash_levels, gcfg.hash_features, gcfg.hash_log2_size, gcfg.hash_base_res, gcfg.hash_max_res)
-    if merge_max_res is None:
-        grid = make_hash_encoding(*sizes, device=device, impl=impl)
-        out = {"impl": impl, "points": {}}
-    else:
-        grid = make_hash_encoding(*sizes, device=device, impl=impl, merge_max_res=merge_max_res)
-        out = {"impl": impl, "merge_max_res": merge_max_res, "points": {}}
-    label = impl if merge_max_res is None else f"{impl}, merge up to {merge_max_res}"
+    grid = make_hash_encoding(gcfg.hash_levels, gcfg.hash_features, gcfg.hash_log2_size, gcfg.hash_base_res,
+                              gcfg.hash_max_res, device=device, impl=impl,
+                              merge_max_res=MERGE_MAX_RES if merge_max_res is None else merge_max_res)
+    out = {"impl": impl, "points": {}}
+    label = impl
+    if merge_max_res is not None:
+        out["merge_max_res"] = merge_max_res
+        label = f"{impl}, merge up to {merge_max_res}"
     for n in points:
         common.free_memory(device)
         if device.type == "cuda":
