@@ -1,8 +1,7 @@
 """Captured diffusion work (prior/graphs.py, `prior.speed=graphs`): the eager fallback on the CPU, and on a GPU
 the same gradients from replayed graphs as from eager calls, across a resolution change; the estimator's update
-on its own stream (prior/update_stream.py, `overlap`, beside the steps' stream or one served before it with
-`priority`) gives the numbers of the inline one, and the LoRA branches as Triton kernels (`lora-kernels`) those
-of peft's layers."""
+on its own stream (prior/update_stream.py, `overlap`) gives the numbers of the inline one, and the LoRA branches
+as Triton kernels (`lora-kernels`) those of peft's layers."""
 from __future__ import annotations
 
 import json
@@ -14,9 +13,7 @@ from prolific import pipeline
 from prolific.config import make_config
 from prolific.events import JobWarning
 from prolific.prior.diffusion import load_prior
-from prolific.prior import speed
 from prolific.prior.graphs import WARMUP, Captures
-from prolific.prior.speed import SpeedOptions
 from prolific.prior.vsd import ScoreDistillation
 
 
@@ -46,12 +43,11 @@ def test_the_bench_says_how_the_diffusion_work_ran(capsys, tiny_sd_model):
     from prolific.cli import main
 
     assert main(["bench", "stage1", "--model", str(tiny_sd_model), "--resolutions", "16", "--steps", "1",
-                 "--warmup", "1", "--opt", "sdpa,batch,graphs,overlap,priority", "--device", "cpu"]) == 0
+                 "--warmup", "1", "--opt", "sdpa,batch,graphs,overlap", "--device", "cpu"]) == 0
     out = capsys.readouterr()
     (variant,) = json.loads(out.out)["variants"]
     assert variant["resolutions"]["16"]["graphs"] == "eager: CUDA graphs need a CUDA device"
     assert variant["applied"]["overlap"] == "inline"  # a side stream needs CUDA too
-    assert variant["applied"]["priority"] == "skipped: needs CUDA"
     assert out.err.count("CUDA graphs need a CUDA device") == 1
 
 
@@ -148,13 +144,11 @@ def test_a_function_that_cannot_be_captured_runs_eagerly_and_says_so_once():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("priority", [False, True])
-def test_the_update_on_its_own_stream_gives_the_inline_numbers(tiny_sd_model, priority):
+def test_the_update_on_its_own_stream_gives_the_inline_numbers(tiny_sd_model):
     """As the stages order a step: the loss, the estimator's update, then the particles' backward, which on the
-    side stream runs while the update does; with `priority` the steps run on a stream served before the
-    update's. The same kernels on the same inputs: 1e-5 of the norm (nothing but summation order could differ);
-    the main stream reading the LoRA mid-update, or the allocator handing out a render's memory the update
-    still reads, changes them by O(1). The stream the caller had is current again after."""
+    side stream runs while the update does. The same kernels on the same inputs: 1e-5 of the norm (nothing
+    but summation order could differ); the main stream reading the LoRA mid-update, or the allocator handing
+    out a render's memory the update still reads, changes them by O(1)."""
     cfg = make_config("a red teapot", "test")
     runs = [_estimator(tiny_sd_model, cfg, eager=False, overlap=overlap) for overlap in (True, False)]
     (_, side, _), (_, inline, _) = runs
@@ -164,22 +158,17 @@ def test_the_update_on_its_own_stream_gives_the_inline_numbers(tiny_sd_model, pr
     image_gen = torch.Generator("cuda").manual_seed(2)
     c2w = (torch.eye(4) + 0.3 * torch.randn(4, 4, generator=torch.Generator().manual_seed(3))).cuda()[None]
     before = inline.state_dict()["lora"]
-    caller = torch.cuda.current_stream()
-    with speed.step_stream(torch.device("cuda"), SpeedOptions(priority=priority)) as applied:
-        assert (torch.cuda.current_stream().priority < side.updates.stream.priority) == priority
-        assert (applied is not None) == priority
-        for step, res in enumerate([32] * (WARMUP + 3) + [64] * (WARMUP + 3)):
-            pixels = torch.rand(1, 3, res, res, generator=image_gen, device="cuda")
-            grads = []
-            for (prior, distill, _), emb, gen in zip(runs, prompt, gens):
-                images = pixels.clone().requires_grad_(True)
-                loss, _ = distill.loss(images, c2w, ["front"], emb, step, 100, gen)
-                distill.update_estimator(gen)
-                loss.backward()
-                grads.append(images.grad)
-            assert grads[1].norm() > 0 and _rel(grads[0], grads[1]) < 1e-5, step
-        states = [d.state_dict()["lora"] for d in (side, inline)]
-    assert torch.cuda.current_stream() == caller
+    for step, res in enumerate([32] * (WARMUP + 3) + [64] * (WARMUP + 3)):
+        pixels = torch.rand(1, 3, res, res, generator=image_gen, device="cuda")
+        grads = []
+        for (prior, distill, _), emb, gen in zip(runs, prompt, gens):
+            images = pixels.clone().requires_grad_(True)
+            loss, _ = distill.loss(images, c2w, ["front"], emb, step, 100, gen)
+            distill.update_estimator(gen)
+            loss.backward()
+            grads.append(images.grad)
+        assert grads[1].norm() > 0 and _rel(grads[0], grads[1]) < 1e-5, step
+    states = [d.state_dict()["lora"] for d in (side, inline)]
     assert all(_rel(states[0][name], value) < 1e-5 for name, value in states[1].items())
     assert any(_rel(before[name], value) > 1e-3 for name, value in states[1].items())  # the updates did train
 

@@ -297,8 +297,8 @@ def test_option_parsing():
     assert not opts.tf32 and not opts.sdpa
     assert SpeedOptions.parse("best") == best_options()
     assert SpeedOptions.parse("lora-kernels").lora_kernels
-    assert SpeedOptions.parse("best,priority") == dataclasses.replace(best_options(), priority=True)
-    # A GPU job's auto is best in the default fp16 precision: every measured switch, lora-kernels included.
+    assert best_options().geglu and best_options().lora_kernels
+    # A GPU job's auto is best in the default fp16 precision: every measured switch, geglu included.
     assert speed.job_options("auto", "cuda") == dataclasses.replace(best_options(), bf16=False)
     assert SpeedOptions.parse(opts.label()) == opts
     with pytest.raises(BadRequest, match="Unknown speed option 'warp'"):
@@ -307,9 +307,10 @@ def test_option_parsing():
 
 def test_retired_options_are_ignored_with_a_warning():
     said = []
-    cfg = make_config("a red teapot", "test", {"prior": {"speed": "batch,occupancy,tcnn,cudagraphs"}}, said.append)
-    assert len(said) == 3 and "'occupancy' no longer exists" in said[0] and "hash_grid.impl" in said[1]
-    assert "torch.compile" in said[2]
+    cfg = make_config("a red teapot", "test", {"prior": {"speed": "batch,occupancy,tcnn,cudagraphs,priority"}},
+                      said.append)
+    assert len(said) == 4 and "'occupancy' no longer exists" in said[0] and "hash_grid.impl" in said[1]
+    assert "torch.compile" in said[2] and "no faster" in said[3]
     assert speed.job_options(cfg.prior.speed, "cpu") == SpeedOptions(sdpa=False, batch=True)
     with pytest.warns(FutureWarning, match="'compile' no longer exists"):
         make_config("a red teapot", "test", {"prior": {"speed": "compile"}})

@@ -14,6 +14,9 @@ RETIRED = {
     "tcnn": "the hash grid is chosen by hash_grid.impl (auto, torch, triton or tcnn)",
     **{name: "torch.compile was dropped: it did not finish compiling a stage-1 step on an H200 within 280 s"
        for name in ("compile", "compile-max", "cudagraphs")},
+    "priority": "the steps on a CUDA stream served before the LoRA update's were no faster: stage 1 at 512 px "
+                "54.3 vs 55.7 ms (opaque ball), 90.9 vs 90.0 (blob), side by side on an H100 "
+                "(bench_results/2026-12-08_h100_priority_geglu/)",
 }
 
 
@@ -31,7 +34,6 @@ class SpeedOptions:
     fused_adam: bool = False  # fused (single-kernel) Adam for LoRA and field optimizers on CUDA
     graphs: bool = False  # CUDA graphs of the VAE encoder, the batched branches and the LoRA step (else eager)
     overlap: bool = False  # the estimator's update on its own CUDA stream, beside the particles' backward and render
-    priority: bool = False  # the particles' work on a CUDA stream served before the update's
     lora_kernels: bool = False  # the estimator's LoRA branches as Triton kernels (fp32 products, as peft's layers)
 
     @classmethod
@@ -71,6 +73,8 @@ def already_told(message: str) -> None:
 
 def best_options() -> SpeedOptions:
     # lora-kernels: a stage-1 step 7-8 ms faster at 64 and 512 px, on both bench fields, side by side on an H100
-    # (bench_results/2026-12-07_h100_lora_kernels/).
+    # (bench_results/2026-12-07_h100_lora_kernels/). geglu: the UNet calls' part 12.0 -> 11.4 ms on both fields
+    # (bench_results/2026-12-08_h100_priority_geglu/).
     return SpeedOptions(bf16=True, tf32=True, sdpa=True, channels_last=True, vae_matmul=True, vae_norm=True,
-                        unet_norm=True, batch=True, fused_adam=True, graphs=True, overlap=True, lora_kernels=True)
+                        unet_norm=True, geglu=True, batch=True, fused_adam=True, graphs=True, overlap=True,
+                        lora_kernels=True)

@@ -49,7 +49,7 @@ def add_common_args(parser: argparse.ArgumentParser, resolutions: str) -> None:
     parser.add_argument("--guidance", choices=("vsd", "sds"), default=None, help="default: the preset's")
     parser.add_argument("--opt", action="append", default=None,
                         help="speed options, comma-separated (bf16, tf32, sdpa, channels-last, vae-matmul, vae-norm, "
-                             "unet-norm, geglu, batch, fused-adam, graphs, overlap, priority, lora-kernels; best; "
+                             "unet-norm, geglu, batch, fused-adam, graphs, overlap, lora-kernels; best; "
                              "none). Repeat --opt to measure several variants in one process. Default: best on CUDA, "
                              "sdpa,batch on CPU")
     parser.add_argument("--reference", action="store_true",

@@ -5,9 +5,9 @@
   prior/vsd.ScoreDistillation), which then runs the pretrained CFG pair and ε_φ in one UNet call / its AdamW as
   one fused kernel / its diffusion work as replayed CUDA graphs (prior/graphs.py) / its update on a CUDA stream
   of its own (prior/update_stream.py) / its LoRA branches as Triton kernels (prior/lora_layers.py).
-- tf32, sdpa, channels-last, vae-matmul, vae-norm, unet-norm, geglu, priority: settings of the process, of the shared
-  UNet/VAE and of the stream the steps run on, set by `applied` for the span of a job's steps and put back as they
-  were on exit, so the long-lived server carries none into the next job.
+- tf32, sdpa, channels-last, vae-matmul, vae-norm, unet-norm, geglu: settings of the process and of the shared
+  UNet/VAE, set by `applied` for the span of a job's steps and put back as they were on exit, so the long-lived
+  server carries none into the next job.
 - fused-adam for the stages' own Adam optimizers: `fused_adam`, which the stages read when they build them
   (StageContext.fused_adam).
 """
@@ -24,7 +24,6 @@ from ..speed_options import SpeedOptions, already_told, best_options
 from .channels_last import channels_last_unet
 from .geglu import fused_geglus
 from .group_norms import triton_group_norms
-from .update_stream import UPDATE_PRIORITY, ahead_of_updates
 
 
 def job_options(text: str, device: torch.device | str) -> SpeedOptions:
@@ -35,7 +34,9 @@ def job_options(text: str, device: torch.device | str) -> SpeedOptions:
     53.4 ms with it and 68.4 without, side by side (bench_results/2026-12-02_h200_stage1_overlap.json); vae-norm
     and unet-norm after stage 2 took 33.9 ms with them and 44.6 without (..._h200_group_norm_kernels/);
     lora-kernels after a stage-1 step took 6-8 ms less with them at 64 and 512 px on an H100, side by side
-    (..._h100_lora_kernels/), and their GPU tests passed in fp16 and bf16 (..._h100_take/call1_tests.txt)."""
+    (..._h100_lora_kernels/), and their GPU tests passed in fp16 and bf16 (..._h100_take/call1_tests.txt); geglu
+    after the UNet calls' part of a stage-1 step took 11.4 ms with it and 12.0 without on both bench fields
+    (..._h100_priority_geglu/), its accuracy test passing in fp16 and bf16 (there, call2_tests.txt)."""
     if text != "auto":
         return SpeedOptions.parse(text, already_told)
     if torch.device(device).type == "cuda":
@@ -132,29 +133,13 @@ def module_layout(prior, options: SpeedOptions):
 
 
 @contextlib.contextmanager
-def step_stream(device: torch.device, options: SpeedOptions):
-    """With priority on CUDA, the steps' stream while inside: one the GPU serves before the estimator's update
-    stream (prior/update_stream.ahead_of_updates). Yields what was applied, None when priority is off."""
-    if not options.priority:
-        yield None
-    elif torch.device(device).type != "cuda":
-        yield "skipped: needs CUDA"
-    else:
-        with ahead_of_updates(device) as stream:
-            yield f"steps at {stream.priority}, the update at {UPDATE_PRIORITY}"
-
-
-@contextlib.contextmanager
 def applied(prior, options: SpeedOptions):
-    """`backend_flags`, `module_layout` and `step_stream` together: what a job's steps run inside. Yields a
-    report of what is on (the bench's JSON)."""
-    with (backend_flags(options), module_layout(prior, options) as report,
-          step_stream(prior.device, options) as stream):
+    """`backend_flags` and `module_layout` together: what a job's steps run inside. Yields a report of what is
+    on (the bench's JSON)."""
+    with backend_flags(options), module_layout(prior, options) as report:
         report = {"dtype": str(prior.dtype).replace("torch.", ""), **report}
         if prior.device.type == "cuda":
             report["tf32"] = "on" if options.tf32 else "off"
-        if stream is not None:
-            report["priority"] = stream
         yield report
 
 

@@ -1,6 +1,5 @@
 """Where the estimator's update runs: inline, or on its own CUDA stream beside the particles' next step
-(`prior.speed=overlap`; `ScoreDistillation` picks one when it is built), and with `priority` the particles' work
-on a stream that CUDA serves first (`ahead_of_updates`).
+(`prior.speed=overlap`; `ScoreDistillation` picks one when it is built).
 
 VSD alternates a particle step, which reads ε_φ, and an estimator step, which trains ε_φ on that step's renders.
 Nothing of what follows the estimator step up to the next ε_φ call (the backward through the renders, the fields'
@@ -11,15 +10,9 @@ on the same inputs either way, so the numbers are the same (tests/test_graphs.py
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 from typing import Callable, Iterable
 
 import torch
-
-# Stream priorities: 0 is PyTorch's default and the lowest; lower numbers are served first.
-UPDATE_PRIORITY = 0
-AHEAD_PRIORITY = -1
 
 
 class InlineUpdates:
@@ -41,7 +34,7 @@ class SideStreamUpdates:
 
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
-        self.stream = torch.cuda.Stream(self.device, priority=UPDATE_PRIORITY)
+        self.stream = torch.cuda.Stream(self.device)
         self.done: torch.cuda.Event | None = None
 
     def run(self, update: Callable[[], torch.Tensor], reads: Iterable[torch.Tensor] = ()) -> torch.Tensor:
@@ -70,29 +63,3 @@ def make_updates(overlap: bool, device: torch.device) -> InlineUpdates | SideStr
         return SideStreamUpdates(device)
     return InlineUpdates()
 
-
-@functools.cache
-def _ahead_stream(device: torch.device) -> torch.cuda.Stream:
-    """One per device for the process: the caching allocator keeps freed memory per stream, so every job
-    reuses what the ones before it left on this stream."""
-    return torch.cuda.Stream(device, priority=AHEAD_PRIORITY)
-
-
-@contextlib.contextmanager
-def ahead_of_updates(device: torch.device):
-    """While inside, the current stream of CUDA `device` is one of higher priority than the update's: where both
-    have thread blocks waiting, the GPU starts the particles' first, so the update's kernels fill the SMs the
-    particles' step leaves idle (its small NeRF kernels, the gaps where the host waits for a sample count)
-    instead of holding them while the next render waits. Work queued before entering runs before the stream's,
-    and the previous stream waits for the stream's work on exit. Yields the stream."""
-    device = torch.device(device)
-    if device.index is None:  # "cuda" and "cuda:0" share one stream
-        device = torch.device("cuda", torch.cuda.current_device())
-    before = torch.cuda.current_stream(device)
-    ahead = _ahead_stream(device)
-    ahead.wait_stream(before)
-    try:
-        with torch.cuda.stream(ahead):
-            yield ahead
-    finally:
-        before.wait_stream(ahead)
