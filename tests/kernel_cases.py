@@ -112,6 +112,24 @@ def test_the_backward_merges_runs_on_the_levels_asked_for_and_changes_nothing(me
         args, 1e-5 if INTERPRETED else 1e-4)
 
 
+@pytest.mark.parametrize("args", GRIDS)
+@pytest.mark.parametrize("layout", ["uniform", "rays"])
+def test_the_backward_adding_pairs_of_rows_at_once_changes_nothing(args, layout):
+    """With pair_rows a cell's x_lo and x_hi rows that are an aligned pair get one 16-byte atomic add (on sm_90;
+    ordered the same way everywhere): the table's gradient is the one without, merged runs or not."""
+    ref, _ = _pair(args)
+    fused = TritonHashGrid(*args, pair_rows=True).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    x = _points(N_POINTS, layout)
+    g = torch.randn(N_POINTS, ref.out_dim, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    grads = []
+    for grid in (ref, fused):
+        (grid(x) * g).sum().backward()
+        grads.append(grid.params.grad)
+    assert float((grads[0] - grads[1]).abs().max() / grads[0].abs().max()) <= _tolerance(
+        args, 1e-5 if INTERPRETED else 1e-4)
+
+
 def _segments(counts):
     counts = torch.tensor(counts)
     ray = torch.repeat_interleave(torch.arange(len(counts)), counts).to(DEVICE)

@@ -188,6 +188,10 @@ def test_bench_render_and_hashgrid_reject_bad_arguments(capsys):
     assert "--merge-max-res is a setting of the triton hash grid" in capsys.readouterr().err
     assert main(["bench", "hashgrid", "--impl", "triton", "--merge-max-res", "half", "--device", "cpu"]) == 2
     assert "--merge-max-res must be comma-separated resolutions" in capsys.readouterr().err
+    assert main(["bench", "hashgrid", "--impl", "torch", "--pair-rows", "on", "--device", "cpu"]) == 2
+    assert "--pair-rows is a setting of the triton hash grid" in capsys.readouterr().err
+    assert main(["bench", "hashgrid", "--impl", "triton", "--pair-rows", "yes", "--device", "cpu"]) == 2
+    assert "--pair-rows must be off, on or off,on" in capsys.readouterr().err
     assert main(["bench", "hashgrid", "--impl", "triton", "--merge-max-res", "0,512", "--device", "cpu"]) == 2
     assert "The triton hash grid needs a CUDA device" in capsys.readouterr().err
     assert main(["bench", "hashgrid", "--layout", "rays", "--samples-per-ray", "0", "--device", "cpu"]) == 2

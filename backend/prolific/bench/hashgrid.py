@@ -6,7 +6,8 @@ table, forward + backward to table and points (ms, median of --steps after --war
 the points as a render's samples come instead: ray by ray, one march step (√3/512 of the unit cube) apart
 (`--samples-per-ray` of them: a 512 px render of an opaque object keeps ~9 per ray), so runs of consecutive
 points share coarse cells, the case the Triton backward merges before its atomics; `--merge-max-res` times the
-Triton grid once per choice of the finest level resolution that merges.
+Triton grid once per choice of the finest level resolution that merges, `--pair-rows off,on` with and without
+its backward adding aligned pairs of rows as one atomic (each with each).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 
 from ..config import make_config
 from ..errors import BadRequest
-from ..field.hashgrid import MERGE_MAX_RES, make_hash_encoding, tcnn_available
+from ..field.hashgrid import MERGE_MAX_RES, PAIR_ROWS, make_hash_encoding, tcnn_available
 from ..kernels import triton_available
 from ..prior.speed import log
 from . import common
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--merge-max-res", default=None, metavar="R,R,...",
                         help="time the triton grid once per value: the finest level resolution whose backward "
                              f"merges runs of points in one cell (default: the grid's, {MERGE_MAX_RES}; 0 merges none)")
+    parser.add_argument("--pair-rows", default=None, metavar="off,on",
+                        help="time the triton grid once per value: whether its backward adds aligned pairs of rows "
+                             f"as one atomic (default: the grid's, {'on' if PAIR_ROWS else 'off'})")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -79,6 +83,18 @@ def parse_merges(text: str | None, impls: list[str]) -> list[int | None]:
     if not values or min(values) < 0:
         raise BadRequest("--merge-max-res must be resolutions of 0 or more.")
     return values
+
+
+def parse_pairs(text: str | None, impls: list[str]) -> list[bool | None]:
+    """--pair-rows as a list of on/off (None: the grid's own), refused without the triton grid."""
+    if text is None:
+        return [None]
+    if "triton" not in impls:
+        raise BadRequest("--pair-rows is a setting of the triton hash grid: add triton to --impl.")
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("off", "on") for v in values):
+        raise BadRequest(f"--pair-rows must be off, on or off,on, got '{text}'.")
+    return [v == "on" for v in values]
 
 
 def default_impls(device: torch.device) -> list[str]:
@@ -115,16 +131,21 @@ def time_ms(fn, device: torch.device, steps: int, warmup: int) -> float:
     return round(statistics.median(times), 3)
 
 
-def measure(impl: str, gcfg, device: torch.device, points: list[int], args, merge_max_res: int | None = None) -> dict:
+def measure(impl: str, gcfg, device: torch.device, points: list[int], args, merge_max_res: int | None = None,
+            pair_rows: bool | None = None) -> dict:
     torch.manual_seed(args.seed)
     grid = make_hash_encoding(gcfg.hash_levels, gcfg.hash_features, gcfg.hash_log2_size, gcfg.hash_base_res,
                               gcfg.hash_max_res, device=device, impl=impl,
-                              merge_max_res=MERGE_MAX_RES if merge_max_res is None else merge_max_res)
+                              merge_max_res=MERGE_MAX_RES if merge_max_res is None else merge_max_res,
+                              pair_rows=PAIR_ROWS if pair_rows is None else pair_rows)
     out = {"impl": impl, "points": {}}
     label = impl
     if merge_max_res is not None:
         out["merge_max_res"] = merge_max_res
-        label = f"{impl}, merge up to {merge_max_res}"
+        label += f", merge up to {merge_max_res}"
+    if pair_rows is not None:
+        out["pair_rows"] = pair_rows
+        label += f", pairs {'on' if pair_rows else 'off'}"
     for n in points:
         common.free_memory(device)
         if device.type == "cuda":
@@ -164,6 +185,7 @@ def run(argv: list[str]) -> dict:
     points = parse_points(args.points or (GPU_POINTS if device.type == "cuda" else "64K"))
     impls = [s.strip() for s in args.impl.split(",") if s.strip()] if args.impl else default_impls(device)
     merges = parse_merges(args.merge_max_res, impls)
+    pairs = parse_pairs(args.pair_rows, impls)
     if args.samples_per_ray < 1:
         raise BadRequest("--samples-per-ray must be at least 1.")
     result = {"bench": "hashgrid", **common.environment(device), "preset": args.preset, "layout": args.layout,
@@ -173,7 +195,7 @@ def run(argv: list[str]) -> dict:
     if args.layout == "rays":
         result["samples_per_ray"] = args.samples_per_ray
     for impl in impls:
-        for merge in (merges if impl == "triton" else [None]):
-            result["results"].append(measure(impl, gcfg, device, points, args, merge))
+        for merge, pair in ([(m, p) for m in merges for p in pairs] if impl == "triton" else [(None, None)]):
+            result["results"].append(measure(impl, gcfg, device, points, args, merge, pair))
     common.emit(result, args.out / "hashgrid.json" if args.out is not None else None)
     return result

@@ -175,18 +175,22 @@ class _HashGridFunction(torch.autograd.Function):
 # samples of a ray are one march step apart, ~1/300 of the cube at the standard 512 steps, so finer cells rarely
 # hold two in a row (`prolific bench hashgrid --merge-max-res` times other choices).
 MERGE_MAX_RES = 512
+# Off until measured (issue 12): the backward adding a cell's x_lo and x_hi rows as one 16-byte atomic where they
+# are an aligned pair, half the cells of a hashed level (`prolific bench hashgrid --pair-rows off,on` times it).
+PAIR_ROWS = False
 
 
 class TritonHashGrid(TorchHashGrid):
     """`TorchHashGrid` with the fused Triton lookup of kernels/hashgrid.py (CUDA tensors; CPU ones under
     TRITON_INTERPRET=1): the same parameters, so checkpoints load in either. `merge_max_res`: the finest level
-    resolution whose backward merges runs of points in one cell before adding to the table."""
+    resolution whose backward merges runs of points in one cell before adding to the table; `pair_rows`: whether
+    it adds aligned pairs of rows as one vector atomic."""
 
     impl = "triton"
 
-    def __init__(self, *args, merge_max_res: int = MERGE_MAX_RES, **kwargs):
+    def __init__(self, *args, merge_max_res: int = MERGE_MAX_RES, pair_rows: bool = PAIR_ROWS, **kwargs):
         super().__init__(*args, **kwargs)
-        self.merge_max_res = merge_max_res
+        self.merge_max_res, self.pair_rows = merge_max_res, pair_rows
 
     def forward(self, x: torch.Tensor, level_major: bool = False, replay: torch.Tensor | None = None) -> torch.Tensor:
         """[N, out_dim], or with `level_major` [n_levels, N, n_features] (what a `TritonMLP` reads without the
@@ -230,9 +234,9 @@ def tcnn_available() -> bool:
 
 def make_hash_encoding(n_levels: int = 16, n_features: int = 2, log2_size: int = 19, base_res: int = 16,
                        max_res: int = 2048, device: torch.device | str | None = None, impl: str = "auto",
-                       merge_max_res: int = MERGE_MAX_RES) -> nn.Module:
+                       merge_max_res: int = MERGE_MAX_RES, pair_rows: bool = PAIR_ROWS) -> nn.Module:
     """The hash encoding `impl` names, on `device` (CPU when None): torch (`TorchHashGrid`), triton (the fused
-    kernels, CUDA; `merge_max_res` its backward's, TritonHashGrid), tcnn (tiny-cuda-nn, CUDA), or auto = triton
+    kernels, CUDA; `merge_max_res` and `pair_rows` its backward's, TritonHashGrid), tcnn (tiny-cuda-nn, CUDA), or auto = triton
     on CUDA when it imports, else torch.
 
     forward(x [N,3] in [0,1]) -> [N, out_dim] fp32."""
@@ -247,7 +251,7 @@ def make_hash_encoding(n_levels: int = 16, n_features: int = 2, log2_size: int =
             raise BadRequest("hash_grid.impl triton needs the triton package (it ships with torch's Linux CUDA "
                              "builds): set hash_grid.impl to auto or torch.")
 
-        return TritonHashGrid(*args, merge_max_res=merge_max_res).to(device)
+        return TritonHashGrid(*args, merge_max_res=merge_max_res, pair_rows=pair_rows).to(device)
     if impl == "tcnn":
         if not tcnn_available():
             raise BadRequest("hash_grid.impl tcnn needs tinycudann installed: set hash_grid.impl to auto or torch.")

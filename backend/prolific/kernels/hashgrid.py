@@ -15,11 +15,12 @@ access, as `gather_rows` does on a CPU; other feature counts go feature by featu
 
 Backward recomputes the corners. The table's gradient is scattered with relaxed fp32 atomic adds (the table is
 stored in fp32: Adam's updates of 1e-2·lr scale vanish in fp16/bf16, and so would small gradient sums
-accumulated in them), two features at once where the GPU has vector atomics (sm_90). A render's samples come
-ray by ray, so on coarse levels runs of consecutive points share a cell, and every one of them adding to the
-same 8 rows serialises on those addresses: with two features, on the levels up to the grid's merge_max_res, a
-segmented sum over each run first leaves one atomic add per run and corner. The points' gradient, only when a caller asks for it, is the derivative of the trilinear weights,
-written per level and summed over levels afterwards.
+accumulated in them), a row's two features at once where the GPU has vector atomics (sm_90), and with the
+grid's pair_rows two rows at once where they are an aligned pair (`_add_rows`). A render's samples come ray by ray, so on coarse levels runs
+of consecutive points share a cell, and every one of them adding to the same 8 rows serialises on those
+addresses: with two features, on the levels up to the grid's merge_max_res, a segmented sum over each run first
+leaves one atomic add per run and corner. The points' gradient, only when a caller asks for it, is the
+derivative of the trilinear weights, written per level and summed over levels afterwards.
 """
 from __future__ import annotations
 
@@ -126,9 +127,11 @@ def _hashgrid_fwd(x_ptr, params_ptr, out_ptr, res_ptr, mult_ptr, off_ptr, n, n_d
 
 
 @triton.jit
-def _segment_sum(start_a, a0, a1, start_b, b0, b1):
-    """Combine of a segmented inclusive sum: a run restarts where an element starts one."""
-    return start_a | start_b, tl.where(start_b != 0, b0, a0 + b0), tl.where(start_b != 0, b1, a1 + b1)
+def _segment_sum(start_a, a0, a1, a2, a3, start_b, b0, b1, b2, b3):
+    """Combine of a segmented inclusive sum of four values: a run restarts where an element starts one."""
+    restart = start_b != 0
+    return (start_a | start_b, tl.where(restart, b0, a0 + b0), tl.where(restart, b1, a1 + b1),
+            tl.where(restart, b2, a2 + b2), tl.where(restart, b3, a3 + b3))
 
 
 @triton.jit
@@ -144,23 +147,37 @@ def _runs(x_ptr, idx, m, n, res, b0, b1, b2, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _add_pair(ptr, a, b, mask, VECTOR: tl.constexpr):
-    """a and b added atomically to ptr[0] and ptr[1] (relaxed, where mask): one vector atomic on sm_90."""
+def _add_rows(grad_ptr, row_a, row_b, a0, a1, b0, b1, mask, VECTOR: tl.constexpr, PAIRS: tl.constexpr):
+    """(a0, a1) added atomically to the two-feature row row_a of grad_ptr (fp32) and (b0, b1) to row_b (relaxed,
+    where mask). With sm_90's vector atomics one 8-byte add per row, and with PAIRS one 16-byte add where the two
+    rows are a 16-byte aligned pair (an even row and the next: a hashed level's x_lo, x_hi rows of an even cell,
+    as the hash's x multiplier is 1), which halves their atomics. PAIRS orders each pair (row_a the even row)
+    on any GPU, so the CPU's interpreted kernel checks that much of it."""
+    paired = tl.zeros_like(row_a) != 0  # without PAIRS no two rows are added at once
+    if PAIRS:
+        swap = (row_a == row_b + 1) & ((row_b & 1) == 0)  # the pair the other way round
+        paired = swap | ((row_b == row_a + 1) & ((row_a & 1) == 0))
+        row_a, row_b = tl.where(swap, row_b, row_a), tl.where(swap, row_a, row_b)
+        a0, a1, b0, b1 = tl.where(swap, b0, a0), tl.where(swap, b1, a1), tl.where(swap, a0, b0), tl.where(swap, a1, b1)
     if VECTOR:
         tl.inline_asm_elementwise(
-            "{ .reg .pred p; setp.ne.b32 p, $4, 0; @p red.relaxed.gpu.global.add.v2.f32 [$1], {$2, $3}; "
-            "mov.b32 $0, 0; }", "=r,l,f,f,r", [ptr.to(tl.int64), a, b, mask.to(tl.int32)], dtype=tl.int32,
-            is_pure=False,
-            pack=1)
+            "{ .reg .pred m, p, q; setp.ne.b32 m, $7, 0; setp.ne.b32 p, $8, 0; and.pred q, m, p; not.pred p, p; "
+            "and.pred m, m, p; @q red.relaxed.gpu.global.add.v4.f32 [$1], {$3, $4, $5, $6}; "
+            "@m red.relaxed.gpu.global.add.v2.f32 [$1], {$3, $4}; @m red.relaxed.gpu.global.add.v2.f32 [$2], {$5, $6}; "
+            "mov.b32 $0, 0; }", "=r,l,l,f,f,f,f,r,r",
+            [(grad_ptr + row_a * 2).to(tl.int64), (grad_ptr + row_b * 2).to(tl.int64), a0, a1, b0, b1,
+             mask.to(tl.int32), paired.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
     else:
-        tl.atomic_add(ptr, a, mask=mask, sem="relaxed")
-        tl.atomic_add(ptr + 1, b, mask=mask, sem="relaxed")
+        tl.atomic_add(grad_ptr + row_a * 2, a0, mask=mask, sem="relaxed")
+        tl.atomic_add(grad_ptr + row_a * 2 + 1, a1, mask=mask, sem="relaxed")
+        tl.atomic_add(grad_ptr + row_b * 2, b0, mask=mask, sem="relaxed")
+        tl.atomic_add(grad_ptr + row_b * 2 + 1, b1, mask=mask, sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["n"])
 def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, res_ptr, mult_ptr, off_ptr, n,
                   n_dense, n_merge, table_mask, F: tl.constexpr, FP: tl.constexpr, WANT_PARAMS: tl.constexpr,
-                  WANT_X: tl.constexpr, VECTOR: tl.constexpr, BLOCK: tl.constexpr):
+                  WANT_X: tl.constexpr, VECTOR: tl.constexpr, PAIRS: tl.constexpr, BLOCK: tl.constexpr):
     (level, idx, m, res, b0, b1, b2, f0, f1, f2, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, is_dense,
      offset) = _setup(x_ptr, res_ptr, mult_ptr, off_ptr, n, n_dense, table_mask, BLOCK)
     at = level.to(tl.int64) * n + idx
@@ -178,22 +195,26 @@ def _hashgrid_bwd(x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr, 
     if F == 2:  # params_ptr and grad_out_ptr are viewed as 8-byte words; grad_params_ptr is fp32
         g = tl.load(grad_out_ptr + at, mask=m, other=0)
         g0, g1 = _low(g), _high(g)
-        for c in tl.static_range(8):
-            wx, wy, wz, row = _corner(c, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset)
+        for yz in tl.static_range(4):  # the corners at x_lo and x_hi of each y, z: rows the hash keeps adjacent
+            wxa, wy, wz, row_a = _corner(yz, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset)
+            wxb, _, _, row_b = _corner(yz + 4, x_lo, x_hi, y_lo, y_hi, z_lo, z_hi, f0, f1, f2, is_dense, offset)
             if WANT_PARAMS:
-                w = wx * wy * wz
-                d0, d1 = w * g0, w * g1
+                wa, wb = wxa * wy * wz, wxb * wy * wz
+                a0, a1, b0, b1 = wa * g0, wa * g1, wb * g0, wb * g1
                 if merge:
-                    summed = tl.associative_scan((start, d0, d1), 0, _segment_sum)
-                    d0, d1 = summed[1], summed[2]
-                _add_pair(grad_params_ptr + row * 2, d0, d1, keep, VECTOR)
+                    summed = tl.associative_scan((start, a0, a1, b0, b1), 0, _segment_sum)
+                    a0, a1, b0, b1 = summed[1], summed[2], summed[3], summed[4]
+                _add_rows(grad_params_ptr, row_a, row_b, a0, a1, b0, b1, keep, VECTOR, PAIRS)
             if WANT_X:
-                word = tl.load(params_ptr + row, mask=m, other=0)
-                per_corner = (g0 * _low(word) + g1 * _high(word)) * resf
-                # d(weight)/dx of the corner: +1 or -1 (its x bit) times the other two factors; likewise y, z.
-                gx0 += (2 * ((c >> 2) & 1) - 1) * (wy * wz) * per_corner
-                gx1 += (2 * ((c >> 1) & 1) - 1) * (wx * wz) * per_corner
-                gx2 += (2 * (c & 1) - 1) * (wx * wy) * per_corner
+                for x_bit in tl.static_range(2):
+                    c = yz + 4 * x_bit
+                    wx, row = (wxb, row_b) if x_bit == 1 else (wxa, row_a)
+                    word = tl.load(params_ptr + row, mask=m, other=0)
+                    per_corner = (g0 * _low(word) + g1 * _high(word)) * resf
+                    # d(weight)/dx of the corner: +1 or -1 (its x bit) times the other two factors; likewise y, z.
+                    gx0 += (2 * ((c >> 2) & 1) - 1) * (wy * wz) * per_corner
+                    gx1 += (2 * ((c >> 1) & 1) - 1) * (wx * wz) * per_corner
+                    gx2 += (2 * (c & 1) - 1) * (wx * wy) * per_corner
     else:
         feat = tl.arange(0, FP)
         m2 = m[:, None] & (feat[None, :] < F)
@@ -262,7 +283,7 @@ class _TritonHashGridFunction(torch.autograd.Function):
                                                       mult, off, n, grid.n_dense, n_merge, grid._mask, F=F,
                                                       FP=triton.next_power_of_2(F), WANT_PARAMS=want_params,
                                                       WANT_X=want_x, VECTOR=_vector_atomics(x.device),
-                                                      BLOCK=BLOCK, num_warps=BACKWARD_WARPS)
+                                                      PAIRS=grid.pair_rows, BLOCK=BLOCK, num_warps=BACKWARD_WARPS)
         return grad_x.sum(0) if want_x else None, grad_params if want_params else None, None, None, None
 
 
