@@ -94,31 +94,11 @@ def test_hashgrid_gradients_match_torch(args, with_points, layout):
         assert xb is None
 
 
-@pytest.mark.parametrize("merge_max_res", [0, 16, 10_000])
-def test_the_backward_merges_runs_on_the_levels_asked_for_and_changes_nothing(merge_max_res):
-    """The table's gradient is the same whether no level, the coarsest ones or all of them merge runs of points
-    in one cell before their atomic adds."""
-    args = GRIDS[0]
+def _table_gradient_error(args, layout, **settings) -> float:
+    """Largest difference of the table's gradient between the torch grid and a TritonHashGrid with `settings`,
+    over the largest entry."""
     ref, _ = _pair(args)
-    fused = TritonHashGrid(*args, merge_max_res=merge_max_res).to(DEVICE)
-    fused.load_state_dict(ref.state_dict())
-    x = _points(N_POINTS, "rays")
-    g = torch.randn(N_POINTS, ref.out_dim, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    grads = []
-    for grid in (ref, fused):
-        (grid(x) * g).sum().backward()
-        grads.append(grid.params.grad)
-    assert float((grads[0] - grads[1]).abs().max() / grads[0].abs().max()) <= _tolerance(
-        args, 1e-5 if INTERPRETED else 1e-4)
-
-
-@pytest.mark.parametrize("args", GRIDS)
-@pytest.mark.parametrize("layout", ["uniform", "rays"])
-def test_the_backward_adding_pairs_of_rows_at_once_changes_nothing(args, layout):
-    """With pair_rows a cell's x_lo and x_hi rows that are an aligned pair get one 16-byte atomic add (on sm_90;
-    ordered the same way everywhere): the table's gradient is the one without, merged runs or not."""
-    ref, _ = _pair(args)
-    fused = TritonHashGrid(*args, pair_rows=True).to(DEVICE)
+    fused = TritonHashGrid(*args, **settings).to(DEVICE)
     fused.load_state_dict(ref.state_dict())
     x = _points(N_POINTS, layout)
     g = torch.randn(N_POINTS, ref.out_dim, generator=torch.Generator().manual_seed(2)).to(DEVICE)
@@ -126,8 +106,24 @@ def test_the_backward_adding_pairs_of_rows_at_once_changes_nothing(args, layout)
     for grid in (ref, fused):
         (grid(x) * g).sum().backward()
         grads.append(grid.params.grad)
-    assert float((grads[0] - grads[1]).abs().max() / grads[0].abs().max()) <= _tolerance(
-        args, 1e-5 if INTERPRETED else 1e-4)
+    return float((grads[0] - grads[1]).abs().max() / grads[0].abs().max())
+
+
+@pytest.mark.parametrize("merge_max_res", [0, 16, 10_000])
+def test_the_backward_merges_runs_on_the_levels_asked_for_and_changes_nothing(merge_max_res):
+    """The table's gradient is the same whether no level, the coarsest ones or all of them merge runs of points
+    in one cell before their atomic adds."""
+    error = _table_gradient_error(GRIDS[0], "rays", merge_max_res=merge_max_res)
+    assert error <= _tolerance(GRIDS[0], 1e-5 if INTERPRETED else 1e-4)
+
+
+@pytest.mark.parametrize("args", GRIDS)
+@pytest.mark.parametrize("layout", ["uniform", "rays"])
+def test_the_backward_adding_pairs_of_rows_at_once_changes_nothing(args, layout):
+    """With pair_rows a cell's x_lo and x_hi rows that are an aligned pair get one 16-byte atomic add (on sm_90;
+    ordered the same way everywhere): the table's gradient is the one without, merged runs or not."""
+    error = _table_gradient_error(args, layout, pair_rows=True)
+    assert error <= _tolerance(args, 1e-5 if INTERPRETED else 1e-4)
 
 
 def _segments(counts):

@@ -236,8 +236,8 @@ def make_hash_encoding(n_levels: int = 16, n_features: int = 2, log2_size: int =
                        max_res: int = 2048, device: torch.device | str | None = None, impl: str = "auto",
                        merge_max_res: int = MERGE_MAX_RES, pair_rows: bool = PAIR_ROWS) -> nn.Module:
     """The hash encoding `impl` names, on `device` (CPU when None): torch (`TorchHashGrid`), triton (the fused
-    kernels, CUDA; `merge_max_res` and `pair_rows` its backward's, TritonHashGrid), tcnn (tiny-cuda-nn, CUDA), or auto = triton
-    on CUDA when it imports, else torch.
+    kernels, CUDA; `merge_max_res` and `pair_rows` its backward's, TritonHashGrid), tcnn (tiny-cuda-nn, CUDA), or
+    auto = triton on CUDA when it imports, else torch.
 
     forward(x [N,3] in [0,1]) -> [N, out_dim] fp32."""
     device = torch.device(device or "cpu")

@@ -274,6 +274,7 @@ class _TritonHashGridFunction(torch.autograd.Function):
         want_x, want_params = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, L, F = x.shape[0], grid.n_levels, grid.n_features
         grad_x = x.new_empty(L, n, 3) if want_x else x.new_empty(0)
+        # A fresh allocation: 16-byte aligned, as pair_rows' vector atomics need.
         grad_params = torch.zeros_like(params) if want_params else params.new_empty(0)
         if n > 0 and (want_x or want_params):
             res, mult, off, n_merge = _layout(grid)
