@@ -62,4 +62,3 @@ def make_updates(overlap: bool, device: torch.device) -> InlineUpdates | SideStr
     if overlap and torch.device(device).type == "cuda":
         return SideStreamUpdates(device)
     return InlineUpdates()
-
